@@ -1,0 +1,1 @@
+"""Hydra configs for layerprint, packaged so that an installed wheel finds them."""

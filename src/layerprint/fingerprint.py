@@ -1,0 +1,210 @@
+"""Fingerprints of weights: exact and float-noise-tolerant hashes of every variable.
+
+``sha256`` is over the variable's canonical bytes: a header ``"<dtype>|<shape>|"`` (NumPy dtype
+name, shape as comma-separated ints) followed by the values as little-endian, C-order bytes. It
+changes when any bit of any value changes.
+
+``tolerant`` is a SHA-256 over the values cast to float32 and rounded to bfloat16
+(``TOLERANT_MANTISSA_BITS`` = 7 mantissa bits, round half up on the bit pattern, the full float32
+exponent range), with ``-0.0`` folded into ``0.0`` and every NaN into one NaN. Two arrays whose values
+differ by less than a relative ``2**-9`` (about 0.2 %) hash equal, except when a value lies within
+that noise of a rounding boundary: a perturbation of relative size ``e`` flips a given value's rounding
+with probability about ``e * 2**7`` (one float32 ULP, ``2**-23``: 1.5e-5 per value). The header holds
+the shape only, so a float32 and a float16 copy of the same values can compare tolerant-equal.
+
+The model fingerprint is a SHA-256 over ``"<path>:<sha256>\\n"`` of every variable, sorted by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+import numpy as np
+
+TOLERANT_MANTISSA_BITS = 7
+_F32_DROP_BITS = 23 - TOLERANT_MANTISSA_BITS  # 16: what is left is a bfloat16 bit pattern
+_F32_ROUND = np.uint32(1 << (_F32_DROP_BITS - 1))
+_BF16_CANONICAL_NAN = np.uint16(0x7FC0)
+# Hashing and NumPy release the GIL on large buffers: two threads use both cores of a small machine.
+_HASH_THREADS = 2
+_PARALLEL_MIN_BYTES = 1 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+# One reusable float32 buffer per thread: fresh large buffers cost a page fault per 4 KiB.
+_scratch_buffers = threading.local()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="layerprint-hash")
+        return _pool
+
+
+def _scratch(dtype: Any, size: int, name: str) -> np.ndarray:
+    buffer = getattr(_scratch_buffers, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_scratch_buffers, name, buffer)
+    return buffer[:size]
+
+
+def canonical_bytes_header(array: np.ndarray) -> bytes:
+    """The header hashed before the values: dtype name and shape."""
+    return f"{array.dtype.name}|{','.join(str(d) for d in array.shape)}|".encode()
+
+
+def exact_hash(array: np.ndarray) -> str:
+    """SHA-256 of the canonical bytes (dtype and shape header, little-endian C-order values).
+
+    Args:
+        array: any NumPy array.
+
+    Returns:
+        The hex digest.
+    """
+    values = np.ascontiguousarray(array)
+    values = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    digest = hashlib.sha256(canonical_bytes_header(values))
+    digest.update(memoryview(values).cast("B") if values.size else b"")
+    return digest.hexdigest()
+
+
+def tolerant_hash(array: np.ndarray, has_non_finite: bool | None = None) -> str:
+    """SHA-256 of the values rounded to ``TOLERANT_MANTISSA_BITS`` mantissa bits (see module doc).
+
+    Args:
+        array: any NumPy array; non-float arrays are hashed exactly.
+        has_non_finite: whether the array may hold NaN, if the caller knows (saves a pass).
+
+    Returns:
+        The hex digest.
+    """
+    shape_header = f"{','.join(str(d) for d in array.shape)}|".encode()
+    if not np.issubdtype(array.dtype, np.floating):
+        return hashlib.sha256(b"exact|" + shape_header + exact_hash(array).encode()).hexdigest()
+    # Adding +0.0 folds -0.0 into 0.0, into a scratch buffer that is rounded in place.
+    values = _scratch(np.float32, array.size, "float_buffer")
+    np.add(array.ravel(), np.float32(0.0), out=values, casting="unsafe")
+    bits = values.view(np.uint32)
+    bits += _F32_ROUND  # Inf stays Inf; only a finite value next to the float32 maximum rounds to Inf
+    bits >>= np.uint32(_F32_DROP_BITS)
+    rounded = _scratch(np.dtype("<u2"), array.size, "bf16_buffer")
+    np.copyto(rounded, bits, casting="unsafe")
+    if has_non_finite is None or has_non_finite:
+        rounded[np.isnan(array.ravel())] = _BF16_CANONICAL_NAN
+    digest = hashlib.sha256(b"bf16|" + shape_header)
+    digest.update(memoryview(rounded).cast("B") if rounded.size else b"")
+    return digest.hexdigest()
+
+
+def model_hash(variable_hashes: Iterable[tuple[str, str]]) -> str:
+    """One hash over ``(path, hash)`` pairs, sorted by path."""
+    digest = hashlib.sha256()
+    for path, value_hash in sorted(variable_hashes):
+        digest.update(f"{path}:{value_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def l2_norm(values: np.ndarray) -> float:
+    """L2 norm over the finite values (NaN and Inf are left out, so the norm stays a number)."""
+    flat = values.ravel()
+    if not np.issubdtype(flat.dtype, np.floating):
+        flat = flat.astype(np.float64)
+    norm = float(np.linalg.norm(flat))
+    if not np.isfinite(norm):
+        norm = float(np.linalg.norm(flat[np.isfinite(flat)].astype(np.float64)))
+    return norm
+
+
+def owning_layer_path(variable_path: str) -> str:
+    """The path of the layer that created a variable: its path without the last component
+    (``block/bn/moving_mean`` is owned by ``block/bn``)."""
+    return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
+
+
+def unique_variables(model: Any) -> list[Any]:
+    """The model's variables in order, each once (a shared layer's variables appear once)."""
+    seen, out = set(), []
+    for variable in model.variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            out.append(variable)
+    return out
+
+
+def variables_as_numpy(model: Any) -> list[tuple[str, str, np.ndarray]]:
+    """``(path, layer, values)`` for every variable of ``model``, each once, in the model's order."""
+    return [
+        (v.path, owning_layer_path(v.path), np.asarray(v.numpy())) for v in unique_variables(model)
+    ]
+
+
+def _records(arrays: list[tuple[str, str, np.ndarray]]) -> list[dict[str, Any]]:
+    """One record per array; the two hashes of every array are spread over two threads when there
+    is enough data to share (hashlib and NumPy release the GIL on large buffers)."""
+    norms = [l2_norm(values) for _, _, values in arrays]
+    jobs = []
+    for (_, _, values), norm in zip(arrays, norms):
+        jobs.append((exact_hash, (values,)))
+        jobs.append((tolerant_hash, (values, not np.isfinite(norm))))
+    run = lambda job: job[0](*job[1])  # noqa: E731
+    if len(arrays) > 1 and sum(values.nbytes for _, _, values in arrays) >= _PARALLEL_MIN_BYTES:
+        hashes = list(_hash_pool().map(run, jobs))
+    else:
+        hashes = [run(job) for job in jobs]
+    records = [
+        {
+            "path": path,
+            "layer": layer,
+            "shape": list(values.shape),
+            "dtype": values.dtype.name,
+            "sha256": hashes[2 * i],
+            "tolerant": hashes[2 * i + 1],
+            "l2_norm": norms[i],
+        }
+        for i, (path, layer, values) in enumerate(arrays)
+    ]
+    return sorted(records, key=lambda record: record["path"])
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": model_hash((r["path"], r["sha256"]) for r in records),
+        "tolerant": model_hash((r["path"], r["tolerant"]) for r in records),
+        "variables": records,
+    }
+
+
+def fingerprint_arrays(arrays: list[tuple[str, str, np.ndarray]]) -> dict[str, Any]:
+    """Fingerprint named arrays.
+
+    Args:
+        arrays: ``(path, layer, values)`` triples.
+
+    Returns:
+        ``{"model": HASH, "tolerant": HASH, "variables": [record, ...]}``, records sorted by path,
+        each ``{"path", "layer", "shape", "dtype", "sha256", "tolerant", "l2_norm"}``.
+    """
+    return _summary(_records(arrays))
+
+
+def fingerprint_model(model: Any) -> dict[str, Any]:
+    """Fingerprint every variable of a Keras model (or layer).
+
+    Args:
+        model: a built Keras model or layer.
+
+    Returns:
+        See ``fingerprint_arrays``.
+
+    Example:
+
+    >>> fp = fingerprint_model(model)
+    >>> fp["model"], fp["variables"][0]["path"]
+    """
+    return fingerprint_arrays(variables_as_numpy(model))

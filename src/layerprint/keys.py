@@ -1,0 +1,76 @@
+"""Names shared by the writers (callback, runner) and the readers (compare, claims).
+
+Metric keys:
+    ``train/<metric>``          per global step (step = optimizer steps done so far).
+    ``epoch/<metric>``          per epoch, training metrics (step = epoch index).
+    ``epoch/val_<metric>``      per epoch, validation metrics.
+    ``bn/<layer path>/<stat>/<summary>``  BatchNorm moving statistics, every ``log_every_n_steps``;
+                                ``<stat>`` is ``moving_mean`` or ``moving_variance`` and
+                                ``<summary>`` one of ``mean``, ``std``, ``min``, ``max``.
+    ``drift/<layer path>``      L2 distance of the layer's own variables from their initial
+                                values, per epoch; ``drift/_model`` for the whole model.
+    ``probe/output_norm``       L2 norm of the model output on the probe batch, per epoch.
+"""
+
+TAG_PREFIX = "layerprint."
+TAG_INIT_FINGERPRINT = "layerprint.init_fingerprint"
+TAG_FINAL_FINGERPRINT = "layerprint.final_fingerprint"
+TAG_INIT_TOLERANT = "layerprint.init_tolerant_fingerprint"
+TAG_VARIANT = "layerprint.variant"
+TAG_LAYER = "layerprint.layer"
+TAG_SEED = "layerprint.seed"
+TAG_DEVICE = "layerprint.device"
+TAG_DETERMINISTIC = "layerprint.deterministic"
+TAG_PROBE_FINGERPRINT = "layerprint.probe_fingerprint"
+TAG_SYMMETRY_WARNING = "layerprint.symmetry_warning"
+TAG_SPOOLED = "layerprint.spooled"
+TAG_SWEEP_DIR = "layerprint.sweep_dir"
+TAG_FAILURE = "layerprint.failure"
+TAG_VERSION_PREFIX = "layerprint.version."
+
+ARTIFACT_DIR = "layerprint"
+FINGERPRINTS_INITIAL = "fingerprints_initial.json"
+FINGERPRINTS_FINAL = "fingerprints_final.json"
+SHARING = "sharing.json"
+BATCHNORM = "batchnorm.npz"
+PROBE = "probe.json"
+
+STEP_PREFIX = "train/"
+EPOCH_PREFIX = "epoch/"
+BN_PREFIX = "bn/"
+DRIFT_PREFIX = "drift/"
+DRIFT_MODEL = "drift/_model"
+PROBE_NORM = "probe/output_norm"
+BN_SUMMARIES = ("mean", "std", "min", "max")
+BN_STATS = ("moving_mean", "moving_variance")
+
+
+def step_key(metric: str) -> str:
+    """Key of a per-step training metric, e.g. ``train/loss``."""
+    return STEP_PREFIX + metric
+
+
+def epoch_key(metric: str) -> str:
+    """Key of a per-epoch metric, e.g. ``epoch/loss`` or ``epoch/val_loss``."""
+    return EPOCH_PREFIX + metric
+
+
+def bn_key(layer_path: str, stat: str, summary: str) -> str:
+    """Key of one BatchNorm moving-stat summary, e.g. ``bn/rep_0/moving_mean/std``."""
+    return f"{BN_PREFIX}{layer_path}/{stat}/{summary}"
+
+
+def drift_key(layer_path: str) -> str:
+    """Key of one layer's weight drift from its initial weights, e.g. ``drift/rep_0``."""
+    return DRIFT_PREFIX + layer_path
+
+
+_ALLOWED_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
+
+
+def sanitize_key(key: str) -> str:
+    """Make a metric key MLflow accepts: characters outside ``[A-Za-z0-9_-. /]`` become ``_``,
+    ``..`` path parts become ``__``, and keys are cut at 250 characters."""
+    clean = "".join(c if c in _ALLOWED_KEY_CHARS else "_" for c in key)
+    clean = "/".join("__" if part == ".." else part for part in clean.split("/"))
+    return clean[:250]

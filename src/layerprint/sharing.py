@@ -1,0 +1,133 @@
+"""Which layers are called at several sites, which variables several layers use, and which distinct
+variables start bitwise identical (symmetry that random initialization did not break).
+
+Call sites come from the functional graph: a layer's call sites are its inbound nodes times the call
+sites of the functional model that contains it (a layer inside a block that is called twice runs at
+two sites). Layers of subclassed models create no nodes; their reuse inside ``call`` is not counted.
+
+Identity groups consider variables of two or more dimensions (kernels, recurrent kernels, filters,
+embeddings): that is where random initialization breaks symmetry. One-dimensional variables (biases,
+normalization scales and offsets, moving statistics) start from fixed values by design in every
+model and are left out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+
+def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
+    """Every layer inside ``model``, depth first, as ``(path, layer, parent)``.
+
+    ``path`` joins layer names with ``/`` like Keras variable paths; a layer reachable through
+    several parents appears once per parent.
+    """
+    found = []
+
+    def visit(parent: Any, prefix: str) -> None:
+        for layer in getattr(parent, "_layers", None) or _direct_sublayers(parent):
+            if type(layer).__name__ == "InputLayer":
+                continue
+            path = f"{prefix}{layer.name}"
+            found.append((path, layer, parent))
+            visit(layer, path + "/")
+
+    visit(model, "")
+    return found
+
+
+def _direct_sublayers(layer: Any) -> list[Any]:
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return list(flatten(include_self=False, recursive=False))
+
+
+def call_sites(model: Any) -> dict[str, int]:
+    """Number of call sites of every layer (by path), multiplied through nested blocks.
+
+    Args:
+        model: a built Keras model.
+
+    Returns:
+        ``{layer path: n}``; layers with no node (subclassed models) count as one site.
+    """
+    sites: dict[str, int] = {}
+    parent_sites: dict[int, int] = {id(model): 1}
+    for path, layer, parent in walk_layers(model):
+        own = max(1, len(getattr(layer, "_inbound_nodes", []) or []))
+        n = own * parent_sites.get(id(parent), 1)
+        parent_sites[id(layer)] = max(parent_sites.get(id(layer), 0), n)
+        sites[path] = sites.get(path, 0) + n
+    return sites
+
+
+def _own_variables(layer: Any) -> list[Any]:
+    return list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+
+
+def shared_variables(model: Any, sites: dict[str, int]) -> dict[str, list[str]]:
+    """Variables used by more than one layer path, or by a layer called at several sites.
+
+    Returns:
+        ``{variable path: [layer path, ...]}``; a layer with ``n > 1`` call sites is listed once per
+        site as ``"<layer path>#<i>"``.
+    """
+    users: dict[int, tuple[str, list[str]]] = {}
+    for path, layer, _ in walk_layers(model):
+        for variable in _own_variables(layer):
+            entry = users.setdefault(id(variable), (variable.path, []))
+            n = sites.get(path, 1)
+            entry[1].extend([path] if n == 1 else [f"{path}#{i}" for i in range(n)])
+    return {vpath: sorted(set(paths)) for vpath, paths in users.values() if len(set(paths)) > 1}
+
+
+def identical_groups(records: list[dict[str, Any]]) -> list[list[str]]:
+    """Groups of distinct variables that hold bitwise-identical values.
+
+    Args:
+        records: per-variable fingerprint records (``path``, ``shape``, ``sha256``).
+
+    Returns:
+        Sorted lists of variable paths, one per group of two or more; 1-D variables are left out.
+    """
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        if len(record["shape"]) >= 2:
+            by_hash[record["sha256"]].append(record["path"])
+    return sorted(sorted(paths) for paths in by_hash.values() if len(paths) > 1)
+
+
+def sharing_report(model: Any, initial_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The content of ``sharing.json``.
+
+    Args:
+        model: a built Keras model.
+        initial_records: the per-variable records of the initial fingerprint.
+
+    Returns:
+        ``{"shared_layers": {layer path: n_call_sites}, "shared_variables": {path: [layers]},
+        "identical_initial_values": [[path, ...], ...]}``.
+    """
+    sites = call_sites(model)
+    return {
+        "shared_layers": {path: n for path, n in sorted(sites.items()) if n > 1},
+        "shared_variables": shared_variables(model, sites),
+        "identical_initial_values": identical_groups(initial_records),
+    }
+
+
+def symmetry_warning(groups: list[list[str]]) -> str | None:
+    """One readable line for the console when distinct variables start identical, else None."""
+    if not groups:
+        return None
+    shown = "; ".join(" = ".join(group) for group in groups[:3])
+    more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
+    return (
+        f"layerprint: symmetry is not broken: {sum(len(g) for g in groups)} distinct variables in "
+        f"{len(groups)} group(s) start bitwise identical: {shown}{more}. Separate layers given one "
+        "initializer instance, constant initializers or copied weights do this."
+    )
