@@ -53,6 +53,7 @@ class LayerprintCallback(keras.callbacks.Callback):
             MLflow's current URI).
         probe_batch: an input batch to evaluate every epoch (fingerprint and norm of the output).
         tags: extra tags for the run.
+        params: params to log on the run (for example the flattened config).
         flush_timeout: seconds to wait at train end for queued points before spooling them.
         strict: raise tracking errors instead of spooling them (for tests).
 
@@ -74,6 +75,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         tracking_uri: str | None = None,
         probe_batch: Any = None,
         tags: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
         flush_timeout: float = 30.0,
         strict: bool = False,
     ) -> None:
@@ -88,6 +90,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.tracking_uri = tracking_uri
         self.probe_batch = probe_batch
         self.tags = dict(tags or {})
+        self.params = dict(params or {})
         self.flush_timeout = flush_timeout
         self.strict = strict
         self.sink: RunSink | None = None
@@ -157,6 +160,8 @@ class LayerprintCallback(keras.callbacks.Callback):
                 **({keys.TAG_SYMMETRY_WARNING: "true"} if warning else {}),
             }
         )
+        if self.params:
+            self.sink.log_params(self.params)
         self._write_json(keys.FINGERPRINTS_INITIAL, self.initial_fingerprint)
         self._write_json(keys.SHARING, self.sharing)
         self._record_batchnorm(epoch=0)

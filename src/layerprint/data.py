@@ -1,0 +1,86 @@
+"""Training data: deterministic synthetic arrays shaped for a layer kind, or the user's ``.npz``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerprint.errors import DataError
+
+
+def input_shape(layer: Any) -> tuple[int, ...]:
+    """Per-sample input shape the synthetic data has for a layer config (no stem layer needed)."""
+    if layer.kind == "conv2d":
+        return (layer.image_size, layer.image_size, layer.width)
+    if layer.kind in ("lstm", "gru"):
+        return (layer.timesteps, layer.width)
+    return (layer.width,)
+
+
+def synthetic(layer: Any, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Regression data from a fixed random teacher: same seed, same arrays, on every machine.
+
+    Args:
+        layer: the layer config (kind and sizes).
+        n_samples: number of samples.
+        seed: the run's seed.
+
+    Returns:
+        ``(x, y)``: float32 inputs shaped ``(n_samples, *input_shape(layer))`` and targets ``(n, 1)``.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_samples, *input_shape(layer))).astype(np.float32)
+    flat = x.reshape(n_samples, -1)
+    teacher = rng.standard_normal((flat.shape[1], 1)) / np.sqrt(flat.shape[1])
+    y = np.tanh(flat @ teacher) + 0.1 * np.sin(3.0 * flat[:, :1])
+    return x, y.astype(np.float32)
+
+
+def load_npz(path: str | Path, layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``x`` and ``y`` from a NumPy archive and check they fit the layer kind.
+
+    Args:
+        path: the ``.npz`` file.
+        layer: the layer config (which input rank it needs).
+
+    Returns:
+        ``(x, y)`` as float32 (``y`` kept integer for class labels).
+
+    Raises:
+        DataError: missing file, unreadable archive, missing keys, or shapes that do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; give data.path=FILE.npz with arrays 'x' and 'y'")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise DataError(f"data file {path} is not a readable .npz archive ({type(error).__name__})") from None
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise DataError(f"data file {path} lacks array(s) {', '.join(missing)}; it holds {sorted(arrays)} and needs 'x' and 'y'")
+    x, y = arrays["x"], arrays["y"]
+    rank = {"dense": 2, "batchnorm": 2, "conv2d": 4, "lstm": 3, "gru": 3}[layer.kind]
+    if x.ndim != rank:
+        raise DataError(
+            f"x in {path} has shape {x.shape}; layer={layer.kind} needs {rank}-D x "
+            f"({'samples, features' if rank == 2 else 'samples, height, width, channels' if rank == 4 else 'samples, timesteps, features'})"
+        )
+    if len(y) != len(x) or len(x) < 2:
+        raise DataError(f"x and y in {path} must hold the same number (>= 2) of samples; got {len(x)} and {len(y)}")
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"x and y in {path} must be numeric; got {x.dtype} and {y.dtype}")
+    y = y if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
+    if y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
+        y = y[:, None]
+    return x.astype(np.float32), y
+
+
+def load(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The data a run config asks for."""
+    if cfg.data.source == "npz":
+        return load_npz(cfg.data.path, cfg.layer)
+    return synthetic(cfg.layer, cfg.data.n_samples, cfg.seed)

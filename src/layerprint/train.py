@@ -1,0 +1,265 @@
+"""``layerprint-train``: train one variant x layer combination and log it to MLflow (a Hydra app).
+
+``train(cfg)`` does the work and can be called with any composed config; ``main`` checks the
+command line's overrides first (one clear line per mistake, no traceback, no run started) and then
+hands over to Hydra, so ``-m`` sweeps, launchers and callbacks work as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from importlib.resources import files
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from layerprint import keys
+from layerprint.config import register_configs, validate
+from layerprint.errors import LayerprintError
+from layerprint.runtime import quiet_tensorflow
+
+PARENT_RUN_ENV = "LAYERPRINT_PARENT_RUN_ID"
+CONFIG_MODULE = "pkg://layerprint.conf"
+CONFIG_NAME = "train"
+GROUPS = ("variant", "layer", "data", "trainer", "tracking", "experiment")
+
+
+def flatten_config(cfg: Any, prefix: str = "") -> dict[str, str]:
+    """``{"layer.kind": "dense", ...}`` for MLflow params (Hydra's own node left out)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, str] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+def _experiment_id(client: Any, uri: str, name: str) -> str:
+    from layerprint.tracking import default_artifact_location
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+
+
+def open_store(uri: str) -> Any:
+    """A client for ``uri``, with the store created (and upgraded) now, once, before any job logs.
+
+    Raises:
+        TrackingError: the store cannot be opened.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from layerprint.errors import TrackingError
+    from layerprint.tracking import ensure_sqlite_parent, strip_credentials
+
+    ensure_sqlite_parent(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - reported as one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingError(f"cannot open the tracking store {strip_credentials(uri)}: {strip_credentials(first)[:300]}") from None
+    return client
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Build, train and log one run.
+
+    Args:
+        cfg: a composed ``TrainConfig`` (DictConfig).
+
+    Returns:
+        ``{"run_id", "status", "init_fingerprint", "final_fingerprint", "final_loss"}``.
+
+    Raises:
+        LayerprintError: bad config, data, device or store; raised before any run is created.
+    """
+    validate(cfg)
+    from layerprint import data as data_module
+    from layerprint.runtime import describe_device, select_device, set_determinism, versions
+    from layerprint.tracking import resolve_tracking_uri
+
+    device = select_device(cfg.device)
+    set_determinism(cfg.seed, cfg.deterministic)
+    x, y = data_module.load(cfg)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    client = open_store(uri)
+
+    import keras
+
+    from layerprint.callback import LayerprintCallback
+    from layerprint.variants import build_model, output_units
+
+    units, loss = output_units(y)
+    model = build_model(cfg, tuple(x.shape[1:]), units)
+    optimizer = keras.optimizers.get({"class_name": cfg.trainer.optimizer,
+                                      "config": {"learning_rate": cfg.trainer.learning_rate}})
+    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=cfg.trainer.steps_per_execution,
+                  metrics=["mae"] if loss == "mse" else ["accuracy"])
+
+    tags = {
+        keys.TAG_VARIANT: cfg.variant.name,
+        keys.TAG_LAYER: cfg.layer.kind,
+        keys.TAG_SEED: str(cfg.seed),
+        keys.TAG_DETERMINISTIC: str(bool(cfg.deterministic)).lower(),
+        **describe_device(device),
+        **{keys.TAG_VERSION_PREFIX + name: value for name, value in versions().items()},
+    }
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run_name = cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
+    experiment_id = _experiment_id(client, uri, cfg.tracking.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=flatten_config(cfg),
+                                  log_every_n_steps=cfg.trainer.log_every_n_steps)
+    status = "FAILED"
+    try:
+        history = model.fit(
+            x, y,
+            epochs=cfg.trainer.epochs,
+            batch_size=cfg.trainer.batch_size,
+            validation_split=cfg.data.validation_split,
+            shuffle=False,
+            verbose=0,
+            callbacks=[callback],
+        )
+        final_loss = float(history.history["loss"][-1])
+        status = "FINISHED" if math.isfinite(final_loss) else "FAILED"
+        if status == "FAILED":
+            client.set_tag(run_id, keys.TAG_FAILURE, f"loss is {final_loss} at the end of training")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except Exception as error:
+        client.set_tag(run_id, keys.TAG_FAILURE, f"{type(error).__name__}: {str(error)[:500]}")
+        raise
+    finally:
+        callback.close(status=status)
+        client.set_terminated(run_id, status=status)
+    return {
+        "run_id": run_id,
+        "status": status,
+        "init_fingerprint": callback.initial_fingerprint["model"],
+        "final_fingerprint": callback.final_fingerprint["model"] if callback.final_fingerprint else None,
+        "final_loss": final_loss,
+    }
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name=CONFIG_NAME)
+def hydra_main(cfg: DictConfig) -> float:
+    """The Hydra task: train, print a one-line summary, return the final loss (for sweepers)."""
+    try:
+        result = train(cfg)
+    except LayerprintError as error:
+        print(f"layerprint-train: error: {error}", file=sys.stderr)
+        if _in_multirun():
+            raise
+        sys.exit(2)
+    print(f"layerprint-train: run {result['run_id']} {result['status']}: {cfg.variant.name} x {cfg.layer.kind}, "
+          f"seed {cfg.seed}, init {result['init_fingerprint'][:12]}, final loss {result['final_loss']:.6g}")
+    return result["final_loss"]
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config for every value of every override, as Hydra will, and validate it.
+
+    Args:
+        argv: the command-line arguments after the program name.
+
+    Raises:
+        LayerprintError: one line naming the bad override and what is allowed.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from layerprint.errors import ConfigError
+
+    candidates = [arg for arg in argv if not arg.startswith("-") and "=" in arg]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except HydraException as error:
+        raise ConfigError(f"cannot parse overrides: {_first_line(error)}") from None
+    plain, sweeps = [], []
+    for override in parsed:
+        key = override.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            continue
+        if override.is_sweep_override():
+            sweeps.append((override, [str(v) for v in override.sweep_string_iterator()]))
+        else:
+            plain.append(override.input_line)
+        group = key.lstrip("+~")
+        if group in GROUPS:
+            values = [v for _, vs in sweeps[-1:] for v in vs] if override.is_sweep_override() else [override.value()]
+            _check_group_options(group, values)
+    variations = [plain] + [plain + [f"{o.get_key_element()}={v}"] for o, values in sweeps for v in values]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
+        for overrides in variations:
+            try:
+                cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
+            except (HydraException, OmegaConfBaseException) as error:
+                raise ConfigError(_composition_message(error)) from None
+            validate(cfg)
+    GlobalHydra.instance().clear()
+
+
+def _check_group_options(group: str, values: list[Any]) -> None:
+    from layerprint.errors import ConfigError
+
+    options = sorted(p.name[:-5] for p in files("layerprint.conf").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+    for value in values:
+        if str(value) not in options:
+            raise ConfigError(f"{group} {value!r} is unknown; valid {group} options: {', '.join(options)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _composition_message(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    detail = _first_line(cause)
+    key = getattr(cause, "full_key", None)
+    if key:
+        return f"{key}: {detail}"
+    return _first_line(error) if detail == _first_line(error) else f"{_first_line(error)}: {detail}"
+
+
+def main() -> None:
+    """Console entry point of ``layerprint-train``."""
+    quiet_tensorflow()
+    try:
+        check_overrides(sys.argv[1:])
+    except LayerprintError as error:
+        print(f"layerprint-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

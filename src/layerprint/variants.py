@@ -1,0 +1,112 @@
+"""Building the model: input, the repeats made as the variant says, a head.
+
+Repeats are named ``rep_0 .. rep_{N-1}`` (``rep`` when one instance is shared); for ``batchnorm``,
+a separately built ``Dense`` named ``spacer_i`` comes before each repeat. The head is a ``Dense(1)``
+(after global average pooling for images and sequences).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from layerprint.errors import ConfigError
+from layerprint.layers import KINDS, constant_overrides
+
+
+def _seed_keras(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+
+
+def _seed_tf(seed: int) -> None:
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)
+
+
+def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any) -> tuple[list[Any], Any]:
+    """Call the repeats on ``inputs``; returns (the layers in call order, the output tensor)."""
+    kind = KINDS[kind_name]
+    overrides: dict[str, Any] = {}
+    if variant == "constant_init":
+        overrides = constant_overrides(kind)
+    elif variant == "shared_initializer":
+        overrides = {arg: make() for arg, make in kind.initializer_args.items()}
+    elif variant == "shared_regularizer":
+        overrides = {kind.regularizer_arg: keras.regularizers.L2(1e-3)}
+    elif variant == "shared_constraint":
+        overrides = {kind.constraint_arg: keras.constraints.MaxNorm(1.0, axis=kind.constraint_axis)}
+    if variant == "seeded_once":
+        _seed_keras(seed)
+
+    shared = kind.build(cfg, "rep", **overrides) if variant == "shared" else None
+    layers, x = [], inputs
+    for i in range(n):
+        if kind.spacer:
+            x = keras.layers.Dense(cfg.width, activation="relu", name=f"spacer_{i}")(x)
+        if variant == "reseeded":
+            _seed_keras(seed)
+        elif variant == "tf_reseeded":
+            _seed_tf(seed)
+        if shared is not None:
+            layer = shared
+        elif variant == "cloned" and i > 0:
+            layer = _clone(layers[0], f"rep_{i}")
+        else:
+            layer = kind.build(cfg, f"rep_{i}", **overrides)
+        x = layer(x)
+        layers.append(layer)
+    if variant == "copied":
+        for layer in layers[1:]:
+            layer.set_weights(layers[0].get_weights())
+    return layers, x
+
+
+def _clone(layer: Any, name: str) -> Any:
+    """``keras.models.clone_model`` of a one-layer model holding ``layer``; the clone's layer."""
+    block = keras.Sequential([layer], name=f"block_of_{layer.name}")
+    clone = keras.models.clone_model(block)
+    cloned_layer = clone.layers[0]
+    cloned_layer.name = name
+    return cloned_layer
+
+
+def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -> keras.Model:
+    """The functional model of one run.
+
+    Args:
+        cfg: the run config (``variant.name``, ``layer``, ``repeats``, ``seed``).
+        input_shape: per-sample input shape.
+        output_units: units of the head (classes for integer labels, else target width).
+
+    Returns:
+        An uncompiled ``keras.Model`` named ``layerprint_<variant>_<layer>``.
+    """
+    variant, kind_name = cfg.variant.name, cfg.layer.kind
+    if kind_name not in KINDS:
+        raise ConfigError(f"layer {kind_name!r} is unknown; valid layers: {', '.join(KINDS)}")
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    x = inputs
+    needs = {"conv2d": 4, "lstm": 3, "gru": 3}.get(kind_name, 2)
+    if len(input_shape) + 1 != needs:
+        raise ConfigError(f"layer={kind_name} needs {needs - 1}-D samples, the data has shape {input_shape}")
+    if input_shape[-1] != cfg.layer.width:
+        # The repeats map width -> width; project other feature counts once, before them.
+        stem = keras.layers.Conv2D(cfg.layer.width, 1, name="stem") if kind_name == "conv2d" else keras.layers.Dense(cfg.layer.width, name="stem")
+        x = stem(x)
+    _, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x)
+    if kind_name == "conv2d":
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    elif kind_name in ("lstm", "gru"):
+        x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = keras.layers.Dense(output_units, name="head")(x)
+    return keras.Model(inputs, outputs, name=f"layerprint_{variant}_{kind_name}")
+
+
+def output_units(y: np.ndarray) -> tuple[int, str]:
+    """Head units and loss for targets: class count and sparse cross-entropy for integer labels."""
+    if np.issubdtype(y.dtype, np.integer):
+        return int(y.max()) + 1, "sparse_categorical_crossentropy"
+    return (int(np.prod(y.shape[1:])) if y.ndim > 1 else 1), "mse"
