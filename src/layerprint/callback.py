@@ -54,6 +54,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         probe_batch: an input batch to evaluate every epoch (fingerprint and norm of the output).
         tags: extra tags for the run.
         params: params to log on the run (for example the flattened config).
+        max_weights_artifact_params: save the final weights as ``weights_final.npz`` (for
+            ``layerprint compare``'s weight distances) when the model has at most this many
+            parameters; 0 turns it off.
         flush_timeout: seconds to wait at train end for queued points before spooling them.
         strict: raise tracking errors instead of spooling them (for tests).
 
@@ -76,6 +79,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         probe_batch: Any = None,
         tags: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
+        max_weights_artifact_params: int = 1_000_000,
         flush_timeout: float = 30.0,
         strict: bool = False,
     ) -> None:
@@ -91,6 +95,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.probe_batch = probe_batch
         self.tags = dict(tags or {})
         self.params = dict(params or {})
+        self.max_weights_artifact_params = max_weights_artifact_params
         self.flush_timeout = flush_timeout
         self.strict = strict
         self.sink: RunSink | None = None
@@ -151,7 +156,6 @@ class LayerprintCallback(keras.callbacks.Callback):
         warning = symmetry_warning(self.sharing["identical_initial_values"])
         if warning:
             logger.warning(warning)
-            print(warning)
         self.sink.set_tags(
             {
                 **self.tags,
@@ -201,6 +205,11 @@ class LayerprintCallback(keras.callbacks.Callback):
             self._write_json(keys.PROBE, {"epochs": list(range(1, len(self._probe_hashes) + 1)),
                                           "sha256": self._probe_hashes, "l2_norm": self._probe_norms})
         self._write_json(keys.FINGERPRINTS_FINAL, self.final_fingerprint)
+        variables = unique_variables(self.model)
+        if sum(int(np.prod(v.shape)) for v in variables) <= self.max_weights_artifact_params:
+            path = Path(self._tmp.name) / keys.WEIGHTS_FINAL
+            np.savez(path, **{v.path: np.asarray(v.numpy()) for v in variables})
+            self.sink.log_artifact(path, keys.ARTIFACT_DIR)
         if self._bn_layers:
             path = Path(self._tmp.name) / keys.BATCHNORM
             np.savez(path, epochs=np.asarray(self._bn_epochs),

@@ -34,6 +34,7 @@ FINGERPRINTS_FINAL = "fingerprints_final.json"
 SHARING = "sharing.json"
 BATCHNORM = "batchnorm.npz"
 PROBE = "probe.json"
+WEIGHTS_FINAL = "weights_final.npz"
 
 STEP_PREFIX = "train/"
 EPOCH_PREFIX = "epoch/"

@@ -1,0 +1,26 @@
+# Front door: `make demo` runs the demo sweep, `make test` the whole test suite.
+# Both create .venv and install layerprint with everything it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench example clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and the UI command
+	$(BIN)/layerprint-train -m experiment=demo
+
+test: $(BIN)/.installed  ## every test, the slow ones too
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(BIN)/.installed  ## benchmarks; prints ratios measured in one run
+	$(BIN)/python benchmarks/callback_overhead.py
+	$(BIN)/python benchmarks/fingerprint_resnet50.py
+
+clean:
+	rm -rf $(VENV) mlruns outputs multirun .pytest_cache

@@ -1,0 +1,79 @@
+"""Hydra callback: one MLflow parent run per multirun sweep, a comparison of its jobs at the end.
+
+``on_multirun_start`` runs in the launching process before any job: it creates (and upgrades) the
+store once, opens the parent run, and passes its id and the absolute tracking URI to the jobs through
+the environment (``LAYERPRINT_PARENT_RUN_ID``; not ``MLFLOW_RUN_ID``, which would resume the parent
+instead of nesting under it). Hydra does not call ``on_multirun_end`` when a job fails, so the parent
+is also closed from an ``atexit`` hook, as FAILED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from layerprint import keys
+from layerprint.tracking import resolve_tracking_uri, strip_credentials
+from layerprint.train import PARENT_RUN_ENV, _experiment_id, open_store
+
+
+class SweepParentRun(Callback):
+    """Opens the parent run of a sweep and, at its end, logs and prints ``layerprint compare``."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.parent_run_id: str | None = None
+        self.uri: str | None = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self.uri = resolve_tracking_uri(config.tracking.uri)
+        os.environ["MLFLOW_TRACKING_URI"] = self.uri
+        self.client = open_store(self.uri)
+        experiment_id = _experiment_id(self.client, self.uri, config.tracking.experiment)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}"[:250],
+            tags={keys.TAG_SWEEP_DIR: str(config.hydra.sweep.dir), "layerprint.sweep_overrides": overrides},
+        )
+        self.parent_run_id = run.info.run_id
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        atexit.register(self._close, "FAILED")
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from layerprint.compare import compare, format_table, write_report
+
+        try:
+            report = compare(self.client, parent_run_id=self.parent_run_id)
+        except Exception as error:  # noqa: BLE001 - the jobs' runs are logged; the summary is a bonus
+            print(f"layerprint: could not compare the sweep's runs: {error}", file=sys.stderr)
+        else:
+            out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
+            for path in write_report(report, out_dir):
+                self.client.log_artifact(self.parent_run_id, str(path), "compare")
+            print("\n" + format_table(report))
+        self._close("FINISHED")
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        print(
+            f"\nSweep parent run: {self.parent_run_id} ({strip_credentials(self.uri)})\n"
+            f"Compare again:    layerprint compare --tracking-uri {strip_credentials(self.uri)} --parent {self.parent_run_id}\n"
+            f"Open the UI:      {ui_command(self.uri)}\n"
+            f"                  then http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        )
+
+    def _close(self, status: str) -> None:
+        if self.parent_run_id and self.client is not None:
+            run = self.client.get_run(self.parent_run_id)
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(self.parent_run_id, status=status)
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on a store, bound to 127.0.0.1."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {strip_credentials(uri)} in a browser"
+    return f"{sys.executable} -m mlflow ui --backend-store-uri {strip_credentials(uri)} --host 127.0.0.1 --port 5000"
