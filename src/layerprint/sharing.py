@@ -20,8 +20,9 @@ from typing import Any
 def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
     """Every layer inside ``model``, depth first, as ``(path, layer, parent)``.
 
-    ``path`` joins layer names with ``/`` like Keras variable paths; a layer reachable through
-    several parents appears once per parent.
+    ``path`` joins layer names with ``/`` like Keras variable paths (a root ``Sequential`` prefixes
+    its own name, as Keras does for the variables it builds); a layer reachable through several
+    parents appears once per parent.
     """
     found = []
 
@@ -33,7 +34,7 @@ def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
             found.append((path, layer, parent))
             visit(layer, path + "/")
 
-    visit(model, "")
+    visit(model, f"{model.name}/" if type(model).__name__ == "Sequential" else "")
     return found
 
 
@@ -56,11 +57,22 @@ def call_sites(model: Any) -> dict[str, int]:
     sites: dict[str, int] = {}
     parent_sites: dict[int, int] = {id(model): 1}
     for path, layer, parent in walk_layers(model):
-        own = max(1, len(getattr(layer, "_inbound_nodes", []) or []))
-        n = own * parent_sites.get(id(parent), 1)
+        n = _sites_in_graph(layer, parent) * parent_sites.get(id(parent), 1)
         parent_sites[id(layer)] = max(parent_sites.get(id(layer), 0), n)
         sites[path] = sites.get(path, 0) + n
     return sites
+
+
+def _sites_in_graph(layer: Any, parent: Any) -> int:
+    """How often ``parent``'s own graph calls ``layer`` (a layer's nodes are global: a layer used in
+    two blocks has one node in each); 1 when the parent has no graph (subclassed models)."""
+    graph = getattr(parent, "_functional", None) or parent
+    graph_nodes = getattr(graph, "_nodes", None)
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if graph_nodes is None:
+        return max(1, len(nodes))
+    # Keras keys a graph's nodes as "<id(layer)>_ib-<index in layer._inbound_nodes>".
+    return max(1, sum(1 for i in range(len(nodes)) if f"{id(layer)}_ib-{i}" in graph_nodes))
 
 
 def _own_variables(layer: Any) -> list[Any]:

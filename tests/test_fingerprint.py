@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from layerprint.fingerprint import canonical_bytes_header, exact_hash, fingerprint_arrays, fingerprint_model, tolerant_hash
+
+
+def _array():
+    return np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+
+
+def test_one_ulp_changes_exact_hash_but_not_tolerant():
+    a = _array()
+    b = a.copy()
+    b[3, 5] = np.nextafter(b[3, 5], np.float32(np.inf))
+    assert exact_hash(a) != exact_hash(b)
+    assert tolerant_hash(a) == tolerant_hash(b)
+
+
+def test_tolerant_hash_changes_for_a_real_change():
+    a = _array()
+    b = a.copy()
+    b[0, 0] *= 1.01
+    assert tolerant_hash(a) != tolerant_hash(b)
+
+
+def test_canonical_bytes_include_dtype_and_shape():
+    a = np.zeros((4, 4), np.float32)
+    assert exact_hash(a) != exact_hash(a.reshape(2, 8))
+    assert exact_hash(a) != exact_hash(a.astype(np.float64))
+    assert canonical_bytes_header(a) == b"float32|4,4|"
+
+
+def test_byte_order_does_not_change_the_hash():
+    a = _array()
+    assert exact_hash(a) == exact_hash(a.astype(">f4"))
+
+
+def test_nan_weights_hash_deterministically():
+    a = _array()
+    a[1, 1] = np.nan
+    b = a.copy()
+    fp = fingerprint_arrays([("v", "l", a)])
+    assert fp == fingerprint_arrays([("v", "l", b)])
+    assert np.isfinite(fp["variables"][0]["l2_norm"])
+    c = a.copy()
+    c[1, 1] = np.float32(np.nan) + np.float32(1)  # another NaN payload, same tolerant hash
+    assert tolerant_hash(a) == tolerant_hash(c)
+
+
+def test_model_record_fields_and_sorting():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="b"), keras.layers.Dense(2, name="a")], name="m")
+    fp = fingerprint_model(model)
+    paths = [v["path"] for v in fp["variables"]]
+    assert paths == sorted(paths) == ["m/a/bias", "m/a/kernel", "m/b/bias", "m/b/kernel"]
+    record = fp["variables"][1]
+    assert set(record) == {"path", "layer", "shape", "dtype", "sha256", "tolerant", "l2_norm"}
+    assert record["layer"] == "m/a" and record["shape"] == [2, 2] and record["dtype"] == "float32"
+    assert record["sha256"] == exact_hash(model.get_layer("a").kernel.numpy())
+
+
+def test_large_models_hash_the_same_on_one_or_two_threads():
+    arrays = [(f"v{i}", "l", np.random.default_rng(i).normal(size=(256, 512)).astype(np.float32)) for i in range(4)]
+    parallel = fingerprint_arrays(arrays)  # 2 MiB: goes to the thread pool
+    serial = {"variables": [
+        {"path": p, "sha256": exact_hash(v), "tolerant": tolerant_hash(v)} for p, _, v in arrays]}
+    assert [(r["sha256"], r["tolerant"]) for r in parallel["variables"]] == [
+        (r["sha256"], r["tolerant"]) for r in serial["variables"]]
+
+
+_CHILD = """
+import os, json
+os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+import keras
+from layerprint.fingerprint import fingerprint_model
+keras.utils.set_random_seed(11)
+model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(2)])
+print(json.dumps(fingerprint_model(model)))
+"""
+
+
+def test_fingerprints_equal_across_processes_for_one_seed():
+    outputs = [json.loads(subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                                         check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]["variables"]) == 4
