@@ -31,6 +31,7 @@ def _isolated(tmp_path, monkeypatch):
 
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

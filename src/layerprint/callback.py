@@ -94,7 +94,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.tracking_uri = tracking_uri
         self.probe_batch = probe_batch
         self.tags = dict(tags or {})
-        self.params = dict(params or {})
+        self.run_params = dict(params or {})  # not `params`: Keras sets that to fit's arguments
         self.max_weights_artifact_params = max_weights_artifact_params
         self.flush_timeout = flush_timeout
         self.strict = strict
@@ -164,8 +164,8 @@ class LayerprintCallback(keras.callbacks.Callback):
                 **({keys.TAG_SYMMETRY_WARNING: "true"} if warning else {}),
             }
         )
-        if self.params:
-            self.sink.log_params(self.params)
+        if self.run_params:
+            self.sink.log_params(self.run_params)
         self._write_json(keys.FINGERPRINTS_INITIAL, self.initial_fingerprint)
         self._write_json(keys.SHARING, self.sharing)
         self._record_batchnorm(epoch=0)

@@ -1,0 +1,186 @@
+import json
+import subprocess
+import sys
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from layerprint import LayerprintCallback, keys
+
+
+def _data(n=32, features=4):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, features)).astype("float32")
+    return x, x.sum(axis=1, keepdims=True)
+
+
+def _bn_model():
+    bn_outer = keras.layers.BatchNormalization(name="bn_outer")
+    block = keras.Sequential([keras.layers.Dense(4, name="inner"), keras.layers.BatchNormalization(name="bn_inner")], name="block")
+    inputs = keras.Input((4,))
+    x = block(keras.layers.Dense(4, name="d0")(inputs))
+    x = bn_outer(x)
+    return keras.Model(inputs, keras.layers.Dense(1, name="head")(bn_outer(x)))
+
+
+def _artifact_json(client, run_id, name):
+    return json.loads(open(client.download_artifacts(run_id, f"layerprint/{name}")).read())
+
+
+def test_standalone_callback_starts_and_ends_its_own_run(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model = _bn_model()
+    model.compile("adam", "mse", metrics=["mae"])
+    x, y = _data()
+    cb = LayerprintCallback(strict=True)
+    model.fit(x, y, epochs=2, batch_size=8, validation_split=0.25, verbose=0, callbacks=[cb])
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[keys.TAG_INIT_FINGERPRINT] == cb.initial_fingerprint["model"]
+    assert run.data.tags[keys.TAG_FINAL_FINGERPRINT] == cb.final_fingerprint["model"]
+    assert cb.initial_fingerprint["model"] != cb.final_fingerprint["model"]
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, 7))  # 24 training samples / 8 = 3 steps x 2 epochs
+    assert len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "epoch/val_mae")) == 2
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "drift/d0")} == {1, 2}
+    initial = _artifact_json(client, run.info.run_id, "fingerprints_initial.json")
+    assert initial["model"] == cb.initial_fingerprint["model"]
+    assert {v["path"] for v in initial["variables"]} == {v.path for v in model.variables}
+
+
+def test_batchnorm_metrics_and_npz_match_the_layer_variables(sqlite_uri, client):
+    model = _bn_model()
+    model.compile("sgd", "mse")
+    x, y = _data()
+    mlflow.set_tracking_uri(sqlite_uri)
+    with mlflow.start_run(experiment_id=client.create_experiment("bn")) as run:
+        pass
+    cb = LayerprintCallback(run_id=run.info.run_id, tracking_uri=sqlite_uri, strict=True)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    run_id = run.info.run_id
+    metrics = client.get_run(run_id).data.metrics
+    for path, layer in (("bn_outer", model.get_layer("bn_outer")), ("block/bn_inner", model.get_layer("block").get_layer("bn_inner"))):
+        mean = layer.moving_mean.numpy()
+        assert metrics[f"bn/{path}/moving_mean/mean"] == pytest.approx(float(mean.mean()), rel=1e-6)
+        assert metrics[f"bn/{path}/moving_mean/max"] == pytest.approx(float(mean.max()), rel=1e-6)
+        assert metrics[f"bn/{path}/moving_variance/std"] == pytest.approx(float(layer.moving_variance.numpy().std()), rel=1e-5)
+        assert len(client.get_metric_history(run_id, f"bn/{path}/moving_mean/min")) == 8
+    with np.load(client.download_artifacts(run_id, "layerprint/batchnorm.npz")) as npz:
+        assert list(npz["epochs"]) == [0, 1, 2]
+        np.testing.assert_array_equal(npz["bn_outer/moving_mean"][-1], model.get_layer("bn_outer").moving_mean.numpy())
+        np.testing.assert_array_equal(npz["bn_outer/moving_mean"][0], np.zeros(4))
+    sharing = _artifact_json(client, run_id, "sharing.json")
+    assert sharing["shared_layers"] == {"bn_outer": 2}
+
+
+def test_identical_group_from_one_initializer_instance(sqlite_uri, client, caplog):
+    init = keras.initializers.GlorotUniform()
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4, kernel_initializer=init, name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(keras.layers.Dense(4, kernel_initializer=init, name="b")(x)))
+    model.compile("adam", "mse")
+    mlflow.set_tracking_uri(sqlite_uri)
+    with caplog.at_level("WARNING", logger="layerprint"):
+        model.fit(*_data(), epochs=1, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+    (run,) = client.search_runs(["0"])
+    assert _artifact_json(client, run.info.run_id, "sharing.json")["identical_initial_values"] == [["a/kernel", "b/kernel"]]
+    assert sum("symmetry is not broken" in r.message for r in caplog.records) == 1
+
+
+def test_nested_run_and_active_run(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    with mlflow.start_run() as parent:
+        model.fit(*_data(), epochs=1, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+        model.fit(*_data(), epochs=1, verbose=0, callbacks=[LayerprintCallback(nested=True, strict=True)])
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+    runs = client.search_runs(["0"])
+    child = [r for r in runs if r.info.run_id != parent.info.run_id]
+    assert len(child) == 1 and child[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child[0].info.status == "FINISHED"
+    assert keys.TAG_INIT_FINGERPRINT in client.get_run(parent.info.run_id).data.tags
+
+
+class TwiceShared(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.shared = keras.layers.Dense(4)
+        self.head = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.head(self.shared(self.shared(x)))
+
+
+@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
+def test_model_kinds_with_steps_per_execution(kind, sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model = TwiceShared() if kind == "subclassed" else keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile("adam", "mse", steps_per_execution=2)
+    model.fit(*_data(), epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+    (run,) = client.search_runs(["0"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [2, 4, 6, 8]  # 4 steps an epoch, hooks every 2 steps, global step numbering
+    assert run.data.tags[keys.TAG_FINAL_FINGERPRINT] != run.data.tags[keys.TAG_INIT_FINGERPRINT]
+
+
+def test_log_every_n_steps_and_probe_batch(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    x, y = _data()
+    cb = LayerprintCallback(log_every_n_steps=3, probe_batch=x[:2], strict=True)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    (run,) = client.search_runs(["0"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3, 6]
+    probe = _artifact_json(client, run.info.run_id, "probe.json")
+    expected = np.linalg.norm(np.asarray(model(x[:2])).ravel())
+    assert probe["l2_norm"][-1] == pytest.approx(float(expected), rel=1e-5)
+    assert run.data.tags[keys.TAG_PROBE_FINGERPRINT] == probe["sha256"][-1]
+
+
+def test_mixed_precision(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1, dtype="float32")])
+        model.compile("adam", "mse")
+        model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == "FINISHED"
+    assert "bn/sequential/batch_normalization/moving_mean/mean" in run.data.metrics
+
+
+_MIRRORED = """
+import os, sys
+os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, mlflow, numpy as np
+from layerprint import LayerprintCallback
+mlflow.set_tracking_uri(sys.argv[1])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+model.fit(x, x.sum(1), epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+print("replicas", strategy.num_replicas_in_sync)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(sqlite_uri, client):
+    done = subprocess.run([sys.executable, "-c", _MIRRORED, sqlite_uri], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "replicas 2" in done.stdout
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 8
+    assert "bn/sequential/batch_normalization/moving_variance/max" in run.data.metrics

@@ -1,0 +1,38 @@
+"""Every variant x layer combination builds and trains a few steps into a temp SQLite store."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from layerprint import keys
+from layerprint.config import LAYER_KINDS, VARIANTS, register_configs
+from layerprint.train import train
+
+register_configs()
+
+
+def compose_config(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("layer", LAYER_KINDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_combination_trains_and_logs(variant, layer, sqlite_uri, client):
+    cfg = compose_config([f"variant={variant}", f"layer={layer}", f"tracking.uri={sqlite_uri}", "device=cpu",
+                          "data.n_samples=16", "data.validation_split=0", "trainer.epochs=1", "trainer.batch_size=8"])
+    result = train(cfg)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags[keys.TAG_VARIANT] == variant and tags[keys.TAG_LAYER] == layer and tags[keys.TAG_SEED] == "0"
+    assert tags[keys.TAG_INIT_FINGERPRINT] == result["init_fingerprint"]
+    assert [m.step for m in client.get_metric_history(result["run_id"], "train/loss")] == [1, 2]
+    assert run.data.params["variant.name"] == variant and run.data.params["layer.kind"] == layer
+    assert tags["layerprint.version.keras"].startswith("3.")
+    if variant == "shared":
+        import json
+
+        sharing = json.loads(open(client.download_artifacts(result["run_id"], "layerprint/sharing.json")).read())
+        assert sharing["shared_layers"] == {"rep": 2}
