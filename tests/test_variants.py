@@ -11,6 +11,17 @@ from layerprint.train import train
 register_configs()
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the whole file: creating its tables once saves ~1 s per combination."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("variants") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    MlflowClient(uri).search_experiments()
+    return uri, MlflowClient(uri)
+
+
 def compose_config(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
@@ -19,7 +30,8 @@ def compose_config(overrides):
 
 @pytest.mark.parametrize("layer", LAYER_KINDS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_combination_trains_and_logs(variant, layer, sqlite_uri, client):
+def test_combination_trains_and_logs(variant, layer, store):
+    sqlite_uri, client = store
     cfg = compose_config([f"variant={variant}", f"layer={layer}", f"tracking.uri={sqlite_uri}", "device=cpu",
                           "data.n_samples=16", "data.validation_split=0", "trainer.epochs=1", "trainer.batch_size=8"])
     result = train(cfg)
@@ -35,4 +47,4 @@ def test_combination_trains_and_logs(variant, layer, sqlite_uri, client):
         import json
 
         sharing = json.loads(open(client.download_artifacts(result["run_id"], "layerprint/sharing.json")).read())
-        assert sharing["shared_layers"] == {"rep": 2}
+        assert sharing["shared_layers"]["rep"] == 2

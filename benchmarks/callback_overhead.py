@@ -1,0 +1,80 @@
+"""Fit-time overhead of LayerprintCallback on a small CNN with three BatchNormalization layers.
+
+Batch 32, CPU, every-step logging of loss and BN summaries into a temporary SQLite store. In the
+same run, and interleaved (one fit of each configuration per round, so machine noise hits all of
+them alike): no callback (baseline), LayerprintCallback(log_every_n_steps=1),
+mlflow.keras.MlflowCallback(log_every_n_steps=1) and keras.callbacks.TensorBoard(histogram_freq=1).
+Prints the median fit time of each and its ratio to the baseline. Target (issue 3): <= 1.05x.
+"""
+
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+
+from layerprint import LayerprintCallback  # noqa: E402
+
+STEPS, BATCH = 60, 32
+
+
+def cnn() -> keras.Model:
+    layers = [keras.Input((32, 32, 3))]
+    for filters in (16, 32, 32):
+        layers += [keras.layers.Conv2D(filters, 3, padding="same"), keras.layers.BatchNormalization(),
+                   keras.layers.ReLU(), keras.layers.MaxPooling2D()]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    model = keras.Sequential(layers)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def timed_fit(make_callbacks, x, y, tmp) -> float:
+    keras.utils.set_random_seed(0)
+    model = cnn()
+    model.fit(x[:BATCH * 2], y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)  # trace outside the timing
+    callbacks = make_callbacks(tmp)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=callbacks)
+    elapsed = time.perf_counter() - start
+    if mlflow.active_run():
+        mlflow.end_run()
+    return elapsed
+
+
+def main(rounds: int = 5) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(STEPS * BATCH, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=STEPS * BATCH)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        mlflow.search_experiments()
+        configs = {
+            "none": lambda t: [],
+            "layerprint": lambda t: [LayerprintCallback(log_every_n_steps=1)],
+            "mlflow.keras.MlflowCallback": lambda t: [_mlflow_callback()],
+            "TensorBoard(histogram_freq=1)": lambda t: [keras.callbacks.TensorBoard(os.path.join(t, "tb"), histogram_freq=1)],
+        }
+        times = {name: [] for name in configs}
+        for _ in range(rounds):
+            for name, make in configs.items():
+                times[name].append(timed_fit(make, x, y, tmp))
+    base = statistics.median(times["none"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:32s} fit={median:.3f}s ratio={median / base:.3f} ({STEPS} steps, batch {BATCH}, {rounds} rounds)")
+
+
+def _mlflow_callback():
+    run = mlflow.start_run()
+    return mlflow.keras.MlflowCallback(run, log_every_n_steps=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The console scripts as a user runs them: one run, a repeat with deterministic=true, bad input."""
+
+import json
+
+import pytest
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+from layerprint import keys
+
+
+def _store(cwd):
+    return MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_single_run_then_deterministic_repeat_has_the_same_init_fingerprint(tmp_path):
+    args = ["layerprint-train", "variant=shared", "layer=batchnorm", "seed=3", "device=cpu"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    client = _store(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[keys.TAG_VARIANT] == "shared" and run.data.tags[keys.TAG_LAYER] == "batchnorm"
+    assert run.data.tags[keys.TAG_SEED] == "3" and keys.TAG_INIT_FINGERPRINT in run.data.tags
+    assert run.data.tags["layerprint.device"] == "cpu" and run.data.tags[keys.TAG_DETERMINISTIC] == "false"
+    fingerprints = []
+    for _ in range(2):
+        done = run_cli(args + ["deterministic=true"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        run_id = done.stdout.split("layerprint-train: run ")[1].split()[0]
+        fingerprints.append(client.get_run(run_id).data.tags[keys.TAG_INIT_FINGERPRINT])
+    assert fingerprints[0] == fingerprints[1]
+    compared = run_cli(["layerprint", "compare", "--format", "json"], tmp_path)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    report = json.loads(compared.stdout)
+    assert set(report) >= {"runs", "init_groups", "pairs"} and len(report["runs"]) == 3
+    deterministic = [r["run_id"] for r in report["runs"] if r["init_fingerprint"] == fingerprints[0]]
+    assert sorted(deterministic) in [sorted(g) for g in report["init_groups"]]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["layerprint-train", "variant=nope"], "valid variant options"),
+    (["layerprint-train", "layer=conv3d"], "valid layer options"),
+    (["layerprint-train", "seed=abc"], "seed: Value 'abc'"),
+    (["layerprint-train", "tracking.uri=ftp://example/x"], "is not supported"),
+    (["layerprint", "compare", "--tracking-uri", "sqlite:////nonexistent-dir/x.db"], "no tracking store"),
+])
+def test_bad_input_is_one_line_no_traceback_no_run(args, fragment, tmp_path):
+    done = run_cli(args, tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert fragment in last and last.split(": error: ")[0] in ("layerprint-train", "layerprint compare")
+    assert not (tmp_path / "mlruns").exists() or not _store(tmp_path).search_runs(["0"])
+
+
+@pytest.mark.slow
+def test_device_gpu_without_gpu_is_refused(tmp_path):
+    done = run_cli(["layerprint-train", "device=gpu"], tmp_path, env={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "device=gpu but TensorFlow sees no GPU" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "mlruns").exists() or not _store(tmp_path).search_runs(["0"])
+
+
+@pytest.mark.slow
+def test_sweep_children_share_one_parent(tmp_path):
+    done = run_cli(["layerprint-train", "-m", "variant=duplicated,shared", "layer=dense", "device=cpu",
+                    "trainer.epochs=1", "data.n_samples=32"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Open the UI:" in done.stdout and "diverges at" in done.stdout
+    client = _store(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert parents[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "compare")} >= {"compare/compare.json"}
