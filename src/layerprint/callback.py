@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from layerprint import keys
-from layerprint.batchnorm import find_batchnorm_layers, moving_statistics, summarize
+from layerprint.batchnorm import StatisticsReader, find_batchnorm_layers, moving_statistics
 from layerprint.fingerprint import exact_hash, fingerprint_model, l2_norm, owning_layer_path, unique_variables
 from layerprint.sharing import sharing_report, symmetry_warning
 from layerprint.tracking import RunSink, default_artifact_location, resolve_tracking_uri, strip_credentials
@@ -145,6 +145,8 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._global_step = 0
         self._epoch_start_step = 0
         self._bn_layers = find_batchnorm_layers(self.model)
+        self._bn_reader = StatisticsReader(self._bn_layers)
+        self._step_keys: dict[str, str] = {}
         self._bn_history: dict[str, list[np.ndarray]] = {}
         self._bn_epochs: list[int] = []
         self._probe_norms: list[float] = []
@@ -177,10 +179,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._global_step = step
         if not crossed:
             return
-        points = {keys.step_key(name): value for name, value in logs.items() if _is_number(value)}
-        if self._bn_layers:
-            points.update(summarize(moving_statistics(self._bn_layers)))
-        self.sink.log_metrics(_sanitized(points), step)
+        points = {self._step_key(name): float(value) for name, value in logs.items() if _is_number(value)}
+        points.update(self._bn_reader.summaries())
+        self.sink.log_metrics(points, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -234,6 +235,12 @@ class LayerprintCallback(keras.callbacks.Callback):
             raise RuntimeError(f"layerprint: tracking errors: {stats.errors[:3]}")
 
     # Helpers.
+    def _step_key(self, name: str) -> str:
+        key = self._step_keys.get(name)
+        if key is None:
+            key = self._step_keys[name] = keys.sanitize_key(keys.step_key(name))
+        return key
+
     def _drift(self) -> dict[str, float]:
         """L2 distance of each layer's variables from their initial values, and of the whole model."""
         squares: dict[str, float] = {}
@@ -287,6 +294,8 @@ def _experiment_id(client: Any, uri: str, name: str | None, active: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
+    if isinstance(value, (int, float)):
+        return True
     try:
         float(value)
     except (TypeError, ValueError):
