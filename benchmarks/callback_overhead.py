@@ -70,7 +70,7 @@ def timed_fit(make_callbacks, x, y, tmp) -> float:
     return elapsed
 
 
-def main(rounds: int = 5) -> None:
+def main(rounds: int = 7) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(STEPS * BATCH, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=STEPS * BATCH)
