@@ -87,3 +87,14 @@ def test_fingerprints_equal_across_processes_for_one_seed():
                                          check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
     assert outputs[0] == outputs[1]
     assert len(outputs[0]["variables"]) == 4
+
+
+def test_same_seed_same_fingerprint_later_in_one_process():
+    """RNG state variables carry a process-wide counter in their path; they must not reach the hash."""
+    hashes = []
+    for _ in range(2):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential([keras.Input((3, 4)), keras.layers.LSTM(2, dropout=0.1, name="l")], name="m")
+        assert any("seed_generator" in v.path for v in model.variables)
+        hashes.append(fingerprint_model(model)["model"])
+    assert hashes[0] == hashes[1]

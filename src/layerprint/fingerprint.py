@@ -12,6 +12,10 @@ that noise of a rounding boundary: a perturbation of relative size ``e`` flips a
 with probability about ``e * 2**7`` (one float32 ULP, ``2**-23``: 1.5e-5 per value). The header holds
 the shape only, so a float32 and a float16 copy of the same values can compare tolerant-equal.
 
+Keras ``SeedGenerator`` state variables (``.../seed_generator_state``, the RNG of dropout in
+recurrent layers) are not weights and are left out: their paths carry a process-wide counter
+(``seed_generator_3``), so the same model built later in one process would hash differently.
+
 The model fingerprint is a SHA-256 over ``"<path>:<sha256>\\n"`` of every variable, sorted by path.
 """
 
@@ -127,10 +131,16 @@ def owning_layer_path(variable_path: str) -> str:
     return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
 
 
+SEED_STATE_NAME = "seed_generator_state"
+
+
 def unique_variables(model: Any) -> list[Any]:
-    """The model's variables in order, each once (a shared layer's variables appear once)."""
+    """The model's weight variables in order, each once (a shared layer's variables appear once);
+    RNG state variables of Keras ``SeedGenerator`` are left out (see module doc)."""
     seen, out = set(), []
     for variable in model.variables:
+        if variable.path.rsplit("/", 1)[-1] == SEED_STATE_NAME:
+            continue
         if id(variable) not in seen:
             seen.add(id(variable))
             out.append(variable)
