@@ -18,7 +18,7 @@ from layerprint import keys
 from layerprint.batchnorm import StatisticsReader, find_batchnorm_layers, moving_statistics
 from layerprint.fingerprint import exact_hash, fingerprint_model, l2_norm, owning_layer_path, unique_variables
 from layerprint.sharing import sharing_report, symmetry_warning
-from layerprint.tracking import RunSink, default_artifact_location, resolve_tracking_uri, strip_credentials
+from layerprint.tracking import RunSink, experiment_id_for, resolve_tracking_uri, strip_credentials
 
 logger = logging.getLogger("layerprint")
 
@@ -287,10 +287,7 @@ def _experiment_id(client: Any, uri: str, name: str | None, active: Any) -> str:
         import mlflow
 
         return mlflow.tracking.fluent._get_experiment_id() or "0"
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+    return experiment_id_for(client, uri, name)
 
 
 def _is_number(value: Any) -> bool:

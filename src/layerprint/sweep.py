@@ -17,8 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from layerprint import keys
-from layerprint.tracking import resolve_tracking_uri, strip_credentials
-from layerprint.train import PARENT_RUN_ENV, _experiment_id, open_store
+from layerprint.tracking import experiment_id_for, resolve_tracking_uri, strip_credentials
+from layerprint.train import PARENT_RUN_ENV, open_store
 
 
 class SweepParentRun(Callback):
@@ -33,7 +33,7 @@ class SweepParentRun(Callback):
         self.uri = resolve_tracking_uri(config.tracking.uri)
         os.environ["MLFLOW_TRACKING_URI"] = self.uri
         self.client = open_store(self.uri)
-        experiment_id = _experiment_id(self.client, self.uri, config.tracking.experiment)
+        experiment_id = experiment_id_for(self.client, self.uri, config.tracking.experiment)
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(
             experiment_id,

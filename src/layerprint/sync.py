@@ -46,12 +46,9 @@ def _target_run(client: Any, path: Path, records: list[dict[str, Any]]) -> str:
     created = path.with_suffix(".created")
     if created.is_file():
         return created.read_text().strip()
-    from layerprint.tracking import default_artifact_location
+    from layerprint.tracking import experiment_id_for
 
-    name = create.get("experiment_name") or "Default"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=default_artifact_location(client.tracking_uri, name))
+    experiment_id = experiment_id_for(client, client.tracking_uri, create.get("experiment_name") or "Default")
     tags = {"mlflow.parentRunId": create["parent_run_id"]} if create.get("parent_run_id") else {}
     run = client.create_run(experiment_id, start_time=create.get("start_time"), tags=tags,
                             run_name=create.get("run_name"))

@@ -112,6 +112,14 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
     return str(Path(uri[len("sqlite:///") :]).parent / "artifacts" / safe)
 
 
+def experiment_id_for(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (with ``default_artifact_location``) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+
+
 def spool_root() -> Path:
     """Where points that could not be sent are kept: ``$LAYERPRINT_SPOOL_DIR``, else
     ``$XDG_CACHE_HOME/layerprint/spool`` (``~/.cache/layerprint/spool``)."""

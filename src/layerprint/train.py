@@ -40,15 +40,6 @@ def flatten_config(cfg: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _experiment_id(client: Any, uri: str, name: str) -> str:
-    from layerprint.tracking import default_artifact_location
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
-
-
 def open_store(uri: str) -> Any:
     """A client for ``uri``, with the store created (and upgraded) now, once, before any job logs.
 
@@ -85,7 +76,7 @@ def train(cfg: Any) -> dict[str, Any]:
     validate(cfg)
     from layerprint import data as data_module
     from layerprint.runtime import describe_device, select_device, set_determinism, versions
-    from layerprint.tracking import resolve_tracking_uri
+    from layerprint.tracking import experiment_id_for, resolve_tracking_uri
 
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.deterministic)
@@ -117,7 +108,7 @@ def train(cfg: Any) -> dict[str, Any]:
     if parent:
         tags["mlflow.parentRunId"] = parent
     run_name = cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
-    experiment_id = _experiment_id(client, uri, cfg.tracking.experiment)
+    experiment_id = experiment_id_for(client, uri, cfg.tracking.experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=flatten_config(cfg),
