@@ -81,23 +81,3 @@ class StatisticsReader:
             out[k_mean], out[k_std] = float(mean[i]), float(np.sqrt(var[i]))
             out[k_min], out[k_max] = float(low[i]), float(high[i])
         return out
-
-
-def summarize(stats: dict[str, np.ndarray]) -> dict[str, float]:
-    """Mean, std, min and max of each statistic as metric keys under ``bn/``.
-
-    Args:
-        stats: output of ``moving_statistics``.
-
-    Returns:
-        ``{"bn/<layer path>/<stat>/<summary>": value}``.
-    """
-    out = {}
-    for name, values in stats.items():
-        layer_path, stat = name.rsplit("/", 1)
-        values = values.astype(np.float64, copy=False)
-        out[keys.bn_key(layer_path, stat, "mean")] = float(values.mean())
-        out[keys.bn_key(layer_path, stat, "std")] = float(values.std())
-        out[keys.bn_key(layer_path, stat, "min")] = float(values.min())
-        out[keys.bn_key(layer_path, stat, "max")] = float(values.max())
-    return out

@@ -12,7 +12,6 @@ Metric keys:
     ``probe/output_norm``       L2 norm of the model output on the probe batch, per epoch.
 """
 
-TAG_PREFIX = "layerprint."
 TAG_INIT_FINGERPRINT = "layerprint.init_fingerprint"
 TAG_FINAL_FINGERPRINT = "layerprint.final_fingerprint"
 TAG_INIT_TOLERANT = "layerprint.init_tolerant_fingerprint"
@@ -23,7 +22,6 @@ TAG_DEVICE = "layerprint.device"
 TAG_DETERMINISTIC = "layerprint.deterministic"
 TAG_PROBE_FINGERPRINT = "layerprint.probe_fingerprint"
 TAG_SYMMETRY_WARNING = "layerprint.symmetry_warning"
-TAG_SPOOLED = "layerprint.spooled"
 TAG_SWEEP_DIR = "layerprint.sweep_dir"
 TAG_FAILURE = "layerprint.failure"
 TAG_VERSION_PREFIX = "layerprint.version."
