@@ -55,10 +55,10 @@ def test_model_record_fields_and_sorting():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="b"), keras.layers.Dense(2, name="a")], name="m")
     fp = fingerprint_model(model)
     paths = [v["path"] for v in fp["variables"]]
-    assert paths == sorted(paths) == ["m/a/bias", "m/a/kernel", "m/b/bias", "m/b/kernel"]
+    assert paths == sorted(paths) == ["a/bias", "a/kernel", "b/bias", "b/kernel"]  # root name left out
     record = fp["variables"][1]
     assert set(record) == {"path", "layer", "shape", "dtype", "sha256", "tolerant", "l2_norm"}
-    assert record["layer"] == "m/a" and record["shape"] == [2, 2] and record["dtype"] == "float32"
+    assert record["layer"] == "a" and record["shape"] == [2, 2] and record["dtype"] == "float32"
     assert record["sha256"] == exact_hash(model.get_layer("a").kernel.numpy())
 
 
@@ -98,3 +98,14 @@ def test_same_seed_same_fingerprint_later_in_one_process():
         assert any("seed_generator" in v.path for v in model.variables)
         hashes.append(fingerprint_model(model)["model"])
     assert hashes[0] == hashes[1]
+
+
+def test_the_same_sequential_model_built_twice_in_one_process_has_one_fingerprint():
+    # Keras numbers the root name (sequential, sequential_1, ...) and puts it in the variable paths.
+    fingerprints = []
+    for _ in range(2):
+        keras.utils.set_random_seed(11)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        fingerprints.append(fingerprint_model(model))
+    assert fingerprints[0]["model"] == fingerprints[1]["model"]
+    assert [v["path"] for v in fingerprints[0]["variables"]] == ["d/bias", "d/kernel"]

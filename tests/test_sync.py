@@ -29,7 +29,7 @@ def test_unreachable_store_spools_and_sync_sends_exactly_once(tmp_path, monkeypa
     assert run.info.status == "FINISHED"
     assert run.data.tags[keys.TAG_INIT_FINGERPRINT] == cb.initial_fingerprint["model"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 9))
-    assert len(client.get_metric_history(run.info.run_id, "bn/sequential/batch_normalization/moving_mean/mean")) == 8
+    assert len(client.get_metric_history(run.info.run_id, "bn/batch_normalization/moving_mean/mean")) == 8
 
     second = sync(sqlite_uri)
     assert second.runs == 0 and second.metrics == 0

@@ -17,6 +17,8 @@ recurrent layers) are not weights and are left out: their paths carry a process-
 (``seed_generator_3``), so the same model built later in one process would hash differently.
 
 The model fingerprint is a SHA-256 over ``"<path>:<sha256>\\n"`` of every variable, sorted by path.
+Paths are relative to the model: the root model's own name, which Keras numbers per process
+(``sequential_3/...``), is left out (``root_prefix``).
 """
 
 from __future__ import annotations
@@ -147,10 +149,31 @@ def unique_variables(model: Any) -> list[Any]:
     return out
 
 
+def root_prefix(model: Any) -> str:
+    """``"<model name>/"`` when every variable path starts with it, else ``""``.
+
+    Keras puts the root model's name in front of the variable paths of Sequential and subclassed
+    models (``sequential_3/dense/kernel``) but not of functional ones (``dense/kernel``). The name is
+    numbered per process, so layerprint leaves it out: the same model built twice in one process (a
+    notebook, a sweep) gets the same paths, and so the same fingerprint.
+    """
+    prefix = f"{model.name}/"
+    paths = [v.path for v in model.variables]
+    return prefix if paths and all(p.startswith(prefix) for p in paths) else ""
+
+
+def variable_paths(model: Any) -> dict[int, str]:
+    """``{id(variable): path relative to the model}`` for the model's variables (see ``root_prefix``)."""
+    cut = len(root_prefix(model))
+    return {id(v): v.path[cut:] for v in model.variables}
+
+
 def variables_as_numpy(model: Any) -> list[tuple[str, str, np.ndarray]]:
-    """``(path, layer, values)`` for every variable of ``model``, each once, in the model's order."""
+    """``(path, layer, values)`` for every variable of ``model``, each once, in the model's order;
+    paths are relative to the model (see ``root_prefix``)."""
+    paths = variable_paths(model)
     return [
-        (v.path, owning_layer_path(v.path), np.asarray(v.numpy())) for v in unique_variables(model)
+        (paths[id(v)], owning_layer_path(paths[id(v)]), np.asarray(v.numpy())) for v in unique_variables(model)
     ]
 
 

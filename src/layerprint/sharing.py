@@ -20,9 +20,9 @@ from typing import Any
 def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
     """Every layer inside ``model``, depth first, as ``(path, layer, parent)``.
 
-    ``path`` joins layer names with ``/`` like Keras variable paths (a root ``Sequential`` prefixes
-    its own name, as Keras does for the variables it builds); a layer reachable through several
-    parents appears once per parent.
+    ``path`` joins layer names with ``/`` like Keras variable paths, relative to the model (the
+    root model's own name is not part of it, see ``fingerprint.root_prefix``); a layer reachable
+    through several parents appears once per parent.
     """
     found = []
 
@@ -34,7 +34,7 @@ def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
             found.append((path, layer, parent))
             visit(layer, path + "/")
 
-    visit(model, f"{model.name}/" if type(model).__name__ == "Sequential" else "")
+    visit(model, "")
     return found
 
 
@@ -88,10 +88,13 @@ def shared_variables(model: Any, sites: dict[str, int]) -> dict[str, list[str]]:
         ``{variable path: [layer path, ...]}``; a layer with ``n > 1`` call sites is listed once per
         site as ``"<layer path>#<i>"``.
     """
+    from layerprint.fingerprint import variable_paths
+
+    relative = variable_paths(model)
     users: dict[int, tuple[str, list[str]]] = {}
     for path, layer, _ in walk_layers(model):
         for variable in _own_variables(layer):
-            entry = users.setdefault(id(variable), (variable.path, []))
+            entry = users.setdefault(id(variable), (relative.get(id(variable), variable.path), []))
             n = sites.get(path, 1)
             entry[1].extend([path] if n == 1 else [f"{path}#{i}" for i in range(n)])
     return {vpath: sorted(set(paths)) for vpath, paths in users.values() if len(set(paths)) > 1}
