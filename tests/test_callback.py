@@ -132,11 +132,15 @@ def test_log_every_n_steps_and_probe_batch(sqlite_uri, client):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile("adam", "mse")
     x, y = _data()
+    untrained = np.linalg.norm(np.asarray(model(x[:2])).ravel())
     cb = LayerprintCallback(log_every_n_steps=3, probe_batch=x[:2], strict=True)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
     (run,) = client.search_runs(["0"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3, 6]
     probe = _artifact_json(client, run.info.run_id, "probe.json")
+    assert probe["epochs"] == [0, 1, 2]  # epoch 0: before training
+    assert probe["l2_norm"][0] == pytest.approx(float(untrained), rel=1e-5)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, keys.PROBE_NORM)] == [0, 1, 2]
     expected = np.linalg.norm(np.asarray(model(x[:2])).ravel())
     assert probe["l2_norm"][-1] == pytest.approx(float(expected), rel=1e-5)
     assert run.data.tags[keys.TAG_PROBE_FINGERPRINT] == probe["sha256"][-1]
@@ -153,7 +157,7 @@ def test_mixed_precision(sqlite_uri, client):
         keras.mixed_precision.set_global_policy("float32")
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FINISHED"
-    assert "bn/sequential/batch_normalization/moving_mean/mean" in run.data.metrics
+    assert "bn/batch_normalization/moving_mean/mean" in run.data.metrics
 
 
 _MIRRORED = """
@@ -183,4 +187,4 @@ def test_mirrored_strategy_on_two_logical_cpus(sqlite_uri, client):
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 8
-    assert "bn/sequential/batch_normalization/moving_variance/max" in run.data.metrics
+    assert "bn/batch_normalization/moving_variance/max" in run.data.metrics

@@ -18,9 +18,16 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--run-ids", nargs="+", metavar="ID", help="compare exactly these runs")
     compare.add_argument("--parent", metavar="RUN_ID", help="compare the jobs of this sweep parent run")
     compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
-    compare.add_argument("--out", metavar="DIR", help="also write compare.json/.md/.txt into DIR")
+    compare.add_argument("--out", metavar="DIR", help="also write the report (json, md, txt) and PNG plots into DIR, "
+                         "and log them to the runs' sweep parent run if they share one")
     compare.add_argument("--atol", type=float, default=None, help="absolute loss tolerance (default 1e-6)")
     compare.add_argument("--rtol", type=float, default=None, help="relative loss tolerance (default 1e-5)")
+
+    claims = commands.add_parser("claims", help="test the seed articles' claims C01-C16 with real runs")
+    claims.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    claims.add_argument("--tracking-uri", help="store for the runs (default: MLFLOW_TRACKING_URI, else a new "
+                        "temporary SQLite store whose path is printed)")
+    claims.add_argument("--only", nargs="+", metavar="ID", help="run only these claims, e.g. C08 C10")
 
     sync = commands.add_parser("sync", help="send points the callback kept locally to the store")
     sync.add_argument("--tracking-uri", help="store to send to (default: the store each run was meant for)")
@@ -28,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from layerprint.compare import DEFAULT_ATOL, DEFAULT_RTOL, compare, render, write_report
+    from layerprint.compare import DEFAULT_ATOL, DEFAULT_RTOL, collect, common_parent, compare_records, render, write_report
     from layerprint.errors import ConfigError
     from layerprint.tracking import resolve_tracking_uri
     from layerprint.train import open_store
@@ -44,11 +51,43 @@ def _compare(args: argparse.Namespace) -> int:
         if not Path(uri[len("sqlite:///"):]).is_file():
             raise LayerprintError(f"no tracking store at {uri}; run layerprint-train first or give --tracking-uri")
     client = open_store(uri)
-    report = compare(client, args.experiment, args.run_ids, args.parent, atol, rtol)
+    records = collect(client, args.experiment, args.run_ids, args.parent)
+    report = compare_records(records, atol, rtol)
     print(render(report, args.format))
     if args.out:
-        write_report(report, args.out)
+        written = write_report(report, args.out, records)
+        parent = common_parent(records)
+        if parent:
+            for path in written:
+                client.log_artifact(parent, str(path), "compare")
+        print(f"layerprint compare: wrote {len(written)} file(s) to {args.out}"
+              + (f" and logged them to the sweep parent run {parent}" if parent else ""), file=sys.stderr)
     return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import tempfile
+
+    from layerprint.claims import CATALOGUE, ERROR, format_markdown, format_table, run_claims
+    from layerprint.errors import ConfigError
+    from layerprint.tracking import resolve_tracking_uri, strip_credentials
+
+    known = [claim.id for claim in CATALOGUE]
+    unknown = [claim_id for claim_id in args.only or [] if claim_id not in known]
+    if unknown:
+        raise ConfigError(f"unknown claim id(s) {', '.join(unknown)}; valid ids: {known[0]}..{known[-1]}")
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = resolve_tracking_uri(args.tracking_uri)
+    else:
+        uri = f"sqlite:///{tempfile.mkdtemp(prefix='layerprint-claims-')}/mlflow.db"
+    results = run_claims(uri, args.only)
+    rendered = {"json": lambda: json.dumps(results, indent=1), "markdown": lambda: format_markdown(results),
+                "table": lambda: format_table(results)}[args.format]()
+    print(rendered)
+    print(f"layerprint claims: runs logged to {strip_credentials(uri)}, experiment layerprint-claims", file=sys.stderr)
+    return 1 if any(r["verdict"] == ERROR for r in results) else 0
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -62,9 +101,12 @@ def _sync(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``layerprint``."""
+    from layerprint.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
     args = _parser().parse_args(argv)
     try:
-        code = {"compare": _compare, "sync": _sync}[args.command](args)
+        code = {"compare": _compare, "claims": _claims, "sync": _sync}[args.command](args)
     except LayerprintError as error:
         print(f"layerprint {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)

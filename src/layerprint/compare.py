@@ -5,6 +5,9 @@
 ``rtol=1e-5``, settable); ``max_loss_gap`` the largest ``|loss_a - loss_b|`` over the common steps.
 ``final_weight_distance`` is the L2 norm of the difference of the final weights over the variables
 both runs have (same path and shape), from their ``weights_final.npz``; null when they share none.
+``batchnorm_gap`` is the largest ``|a - b|`` between the two runs' moving mean and moving variance at
+their last logged epoch, over the BatchNorm layers both runs have (same path), from their
+``batchnorm.npz``; null when they share none.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -39,8 +44,11 @@ class RunRecord:
     init_fingerprint: str | None
     init_tolerant: str | None
     final_fingerprint: str | None
+    parent_run_id: str | None = None
     loss: dict[int, float] = field(default_factory=dict)
     weights: dict[str, np.ndarray] | None = None
+    batchnorm: dict[str, np.ndarray] | None = None  # "<layer>/moving_mean" -> [epochs, channels]
+    batchnorm_epochs: np.ndarray | None = None
 
 
 def select_runs(client: Any, experiment: str | None = None, run_ids: list[str] | None = None,
@@ -75,8 +83,8 @@ def select_runs(client: Any, experiment: str | None = None, run_ids: list[str] |
     return [r for r in runs if keys.TAG_INIT_FINGERPRINT in r.data.tags]
 
 
-def load_record(client: Any, run: Any, with_weights: bool = True) -> RunRecord:
-    """Read tags, the step loss curve and (optionally) the final weights of one run."""
+def load_record(client: Any, run: Any, with_arrays: bool = True) -> RunRecord:
+    """Read tags, the step loss curve and (optionally) the final weights and BatchNorm history."""
     tags = run.data.tags
     history = client.get_metric_history(run.info.run_id, LOSS_KEY)
     record = RunRecord(
@@ -89,21 +97,63 @@ def load_record(client: Any, run: Any, with_weights: bool = True) -> RunRecord:
         init_fingerprint=tags.get(keys.TAG_INIT_FINGERPRINT),
         init_tolerant=tags.get(keys.TAG_INIT_TOLERANT),
         final_fingerprint=tags.get(keys.TAG_FINAL_FINGERPRINT),
+        parent_run_id=tags.get("mlflow.parentRunId"),
         loss={m.step: m.value for m in history},
     )
-    if with_weights:
-        record.weights = _final_weights(client, run.info.run_id)
+    if with_arrays:
+        _read_arrays(client, record, run.info.artifact_uri)
     return record
 
 
-def _final_weights(client: Any, run_id: str) -> dict[str, np.ndarray] | None:
+def _local_folder(artifact_uri: str | None) -> Path | None:
+    """The run's artifact folder when it is on this machine (the embedded store), else None."""
+    if not artifact_uri:
+        return None
+    parts = urlsplit(artifact_uri)
+    if parts.scheme == "file" or (not parts.scheme and artifact_uri.startswith("/")):
+        return Path(url2pathname(parts.path))
+    return None
+
+
+def _read_arrays(client: Any, record: RunRecord, artifact_uri: str | None = None) -> None:
+    """Fill ``weights`` and ``batchnorm`` from the run's artifacts (both optional); local artifact
+    folders are read in place, others downloaded."""
+    local = _local_folder(artifact_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, f"{keys.ARTIFACT_DIR}/{keys.WEIGHTS_FINAL}", tmp)
-        except Exception:  # noqa: BLE001 - the artifact is optional (large models skip it)
-            return None
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
+        for name in (keys.WEIGHTS_FINAL, keys.BATCHNORM):
+            if local is not None:
+                path = local / keys.ARTIFACT_DIR / name
+                if not path.is_file():
+                    continue
+            else:
+                try:
+                    path = client.download_artifacts(record.run_id, f"{keys.ARTIFACT_DIR}/{name}", tmp)
+                except Exception:  # noqa: BLE001 - large models skip the weights; models without BN have no npz
+                    continue
+            with np.load(path) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            if name == keys.WEIGHTS_FINAL:
+                record.weights = arrays
+            else:
+                record.batchnorm_epochs = arrays.pop("epochs", None)
+                record.batchnorm = arrays
+
+
+def batchnorm_gap(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> tuple[float | None, dict[str, float]]:
+    """Largest absolute difference of the last logged moving statistics, overall and per layer."""
+    if not a or not b:
+        return None, {}
+    per_layer: dict[str, float] = {}
+    for name in sorted(set(a) & set(b)):
+        last_a, last_b = a[name][-1], b[name][-1]
+        if last_a.shape != last_b.shape:
+            continue
+        layer = name.rsplit("/", 1)[0]
+        gap = float(np.max(np.abs(last_a.astype(np.float64) - last_b.astype(np.float64)), initial=0.0))
+        per_layer[layer] = max(per_layer.get(layer, 0.0), gap)
+    if not per_layer:
+        return None, {}
+    return max(per_layer.values()), per_layer
 
 
 def groups(records: list[RunRecord], attribute: str) -> list[list[str]]:
@@ -160,7 +210,8 @@ def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: 
     Returns:
         ``{"runs": [...], "init_groups": [[run_id, ...]], "tolerant_init_groups": [...],
         "pairs": [{"a", "b", "identical_init", "first_divergence_step", "max_loss_gap",
-        "final_weight_distance", "final_weight_distance_per_layer"}], "tolerance": {...}}``.
+        "final_weight_distance", "final_weight_distance_per_layer", "batchnorm_gap",
+        "batchnorm_gap_per_layer"}], "tolerance": {...}}``.
     """
     runs = [
         {"run_id": r.run_id, "run_name": r.run_name, "variant": r.variant, "layer": r.layer, "seed": r.seed,
@@ -171,6 +222,7 @@ def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: 
     for a, b in combinations(records, 2):
         step, gap = first_divergence(a.loss, b.loss, atol, rtol)
         distance, per_layer = weight_distance(a.weights, b.weights)
+        bn_gap, bn_per_layer = batchnorm_gap(a.batchnorm, b.batchnorm)
         pairs.append({
             "a": a.run_id,
             "b": b.run_id,
@@ -179,6 +231,8 @@ def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: 
             "max_loss_gap": gap,
             "final_weight_distance": distance,
             "final_weight_distance_per_layer": per_layer,
+            "batchnorm_gap": bn_gap,
+            "batchnorm_gap_per_layer": bn_per_layer,
         })
     return {
         "runs": runs,
@@ -197,6 +251,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _bn_rows(report: dict[str, Any]) -> list[list[str]]:
+    names = {r["run_id"]: r["run_name"] for r in report["runs"]}
+    return [[names[p["a"]], names[p["b"]], _fmt(p["batchnorm_gap"]),
+             ", ".join(f"{layer} {gap:.3g}" for layer, gap in p["batchnorm_gap_per_layer"].items())[:40]]
+            for p in report["pairs"] if p.get("batchnorm_gap") is not None]
 
 
 def _rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
@@ -218,6 +279,7 @@ def _layer_of(report: dict[str, Any], run_id: str) -> str | None:
 
 RUN_HEADER = ["run", "variant", "layer", "seed", "init group", "init fp", "status"]
 PAIR_HEADER = ["run a", "run b", "same init", "diverges at", "max loss gap", "weight dist"]
+BN_HEADER = ["run a", "run b", "bn gap", "largest per layer"]
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -232,15 +294,20 @@ def format_table(report: dict[str, Any]) -> str:
 
     groups_line = sum(1 for g in report["init_groups"] if len(g) > 1)
     tol = report["tolerance"]
-    return "\n".join([
+    lines = [
         f"Runs ({len(report['runs'])}); runs in one init group start with bitwise-identical weights "
         f"({groups_line} group(s) of 2+):",
         table(RUN_HEADER, run_rows),
         "",
-        f"Pairs of runs of the same layer (loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g}; "
-        "'-' = never diverged / not comparable):",
+        f"Pairs of runs of the same layer (loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g});",
+        "'-' = never diverged / not comparable:",
         table(PAIR_HEADER, pair_rows),
-    ])
+    ]
+    bn_rows = _bn_rows(report)
+    if bn_rows:
+        lines += ["", "BatchNorm moving-stat gap at the last epoch (layers of the same path in both runs):",
+                  table(BN_HEADER, bn_rows)]
+    return "\n".join(lines)
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -252,7 +319,11 @@ def format_markdown(report: dict[str, Any]) -> str:
         out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
         return "\n".join(out)
 
-    return "\n\n".join(["## Runs", table(RUN_HEADER, run_rows), "## Pairs (same layer kind)", table(PAIR_HEADER, pair_rows)])
+    parts = ["## Runs", table(RUN_HEADER, run_rows), "## Pairs (same layer kind)", table(PAIR_HEADER, pair_rows)]
+    bn_rows = _bn_rows(report)
+    if bn_rows:
+        parts += ["## BatchNorm moving-stat gap (last epoch)", table(BN_HEADER, bn_rows)]
+    return "\n\n".join(parts)
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
@@ -264,9 +335,9 @@ def render(report: dict[str, Any], fmt: str) -> str:
     return format_table(report)
 
 
-def compare(client: Any, experiment: str | None = None, run_ids: list[str] | None = None,
-            parent_run_id: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
-    """Select runs, read them, and build the report.
+def collect(client: Any, experiment: str | None = None, run_ids: list[str] | None = None,
+            parent_run_id: str | None = None) -> list[RunRecord]:
+    """Select runs and read what compare and the plots need.
 
     Raises:
         TrackingError: no runs found, or an unknown run or experiment.
@@ -274,15 +345,44 @@ def compare(client: Any, experiment: str | None = None, run_ids: list[str] | Non
     runs = select_runs(client, experiment, run_ids, parent_run_id)
     if not runs:
         raise TrackingError("no layerprint runs to compare in that selection")
-    return compare_records([load_record(client, run) for run in runs], atol, rtol)
+    return [load_record(client, run) for run in runs]
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write ``compare.json``, ``compare.md`` and ``compare.txt`` into ``out_dir``."""
+def compare(client: Any, experiment: str | None = None, run_ids: list[str] | None = None,
+            parent_run_id: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+    """Select runs, read them, and build the report (see ``compare_records``).
+
+    Raises:
+        TrackingError: no runs found, or an unknown run or experiment.
+    """
+    return compare_records(collect(client, experiment, run_ids, parent_run_id), atol, rtol)
+
+
+def common_parent(records: list[RunRecord]) -> str | None:
+    """The sweep parent run id all ``records`` share, else None."""
+    parents = {r.parent_run_id for r in records}
+    return parents.pop() if len(parents) == 1 else None
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunRecord] | None = None) -> list[Path]:
+    """Write ``compare.json``, ``compare.md``, ``compare.txt`` and, given the records, the plots.
+
+    Args:
+        report: from ``compare_records``.
+        out_dir: created if missing.
+        records: the compared runs; their curves and arrays are plotted (see ``layerprint.plots``).
+
+    Returns:
+        The files written.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fmt in (("compare.json", "json"), ("compare.md", "markdown"), ("compare.txt", "table")):
         (out / name).write_text(render(report, fmt) + "\n")
         written.append(out / name)
+    if records is not None:
+        from layerprint.plots import write_plots
+
+        written += write_plots(report, records, out)
     return written

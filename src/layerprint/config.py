@@ -36,6 +36,8 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 @dataclass
 class VariantConf:
     name: str = MISSING
+    # shared_initializer/_regularizer/_constraint: false gives each repeat its own instance (the control)
+    shared_instance: bool = True
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TrainerConf:
     optimizer: str = "adam"
     steps_per_execution: int = 1
     log_every_n_steps: int = 1
+    probe_rows: int = 0
 
 
 @dataclass
@@ -125,6 +128,7 @@ def validate(cfg: Any) -> None:
     }
     for name, value in positive.items():
         _require(value >= 1, f"{name}={value} is not allowed; it must be a positive integer")
+    _require(cfg.trainer.probe_rows >= 0, f"trainer.probe_rows={cfg.trainer.probe_rows} is not allowed; it must be >= 0")
     _require(cfg.seed >= 0, f"seed={cfg.seed} is not allowed; it must be a non-negative integer")
     _require(cfg.trainer.learning_rate > 0, f"trainer.learning_rate={cfg.trainer.learning_rate} is not allowed; it must be > 0")
     _require(

@@ -26,18 +26,28 @@ def _seed_tf(seed: int) -> None:
     tf.random.set_seed(seed)
 
 
-def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any) -> tuple[list[Any], Any]:
-    """Call the repeats on ``inputs``; returns (the layers in call order, the output tensor)."""
-    kind = KINDS[kind_name]
-    overrides: dict[str, Any] = {}
+def _argument_overrides(variant: str, kind: Any) -> dict[str, Any]:
+    """Constructor arguments the variant sets: new initializer, regularizer or constraint instances."""
     if variant == "constant_init":
-        overrides = constant_overrides(kind)
-    elif variant == "shared_initializer":
-        overrides = {arg: make() for arg, make in kind.initializer_args.items()}
-    elif variant == "shared_regularizer":
-        overrides = {kind.regularizer_arg: keras.regularizers.L2(1e-3)}
-    elif variant == "shared_constraint":
-        overrides = {kind.constraint_arg: keras.constraints.MaxNorm(1.0, axis=kind.constraint_axis)}
+        return constant_overrides(kind)
+    if variant == "shared_initializer":
+        return {arg: make() for arg, make in kind.initializer_args.items()}
+    if variant == "shared_regularizer":
+        return {kind.regularizer_arg: keras.regularizers.L2(1e-3)}
+    if variant == "shared_constraint":
+        return {kind.constraint_arg: keras.constraints.MaxNorm(1.0, axis=kind.constraint_axis)}
+    return {}
+
+
+def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any,
+             shared_instance: bool = True) -> tuple[list[Any], Any]:
+    """Call the repeats on ``inputs``; returns (the layers in call order, the output tensor).
+
+    With ``shared_instance=False`` every repeat gets its own initializer, regularizer or constraint
+    instance (same class and arguments): the control for the ``shared_*`` variants.
+    """
+    kind = KINDS[kind_name]
+    overrides = _argument_overrides(variant, kind)
     if variant == "seeded_once":
         _seed_keras(seed)
 
@@ -55,7 +65,8 @@ def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: 
         elif variant == "cloned" and i > 0:
             layer = _clone(layers[0], f"rep_{i}")
         else:
-            layer = kind.build(cfg, f"rep_{i}", **overrides)
+            own = overrides if shared_instance or i == 0 else _argument_overrides(variant, kind)
+            layer = kind.build(cfg, f"rep_{i}", **own)
         x = layer(x)
         layers.append(layer)
     if variant == "copied":
@@ -77,7 +88,8 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -
     """The functional model of one run.
 
     Args:
-        cfg: the run config (``variant.name``, ``layer``, ``repeats``, ``seed``).
+        cfg: the run config (``variant.name``, ``variant.shared_instance``, ``layer``, ``repeats``,
+            ``seed``).
         input_shape: per-sample input shape.
         output_units: units of the head (classes for integer labels, else target width).
 
@@ -96,7 +108,7 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -
         # The repeats map width -> width; project other feature counts once, before them.
         stem = keras.layers.Conv2D(cfg.layer.width, 1, name="stem") if kind_name == "conv2d" else keras.layers.Dense(cfg.layer.width, name="stem")
         x = stem(x)
-    _, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x)
+    _, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x, cfg.variant.shared_instance)
     if kind_name == "conv2d":
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     elif kind_name in ("lstm", "gru"):

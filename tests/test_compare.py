@@ -1,0 +1,132 @@
+"""``layerprint compare``: a known divergence step, BatchNorm gaps, the JSON shape, the plots."""
+
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from layerprint import LayerprintCallback
+from layerprint.compare import collect, compare_records, first_divergence, write_report
+
+PERTURB_AT_STEP = 5  # the first step whose loss sees the perturbed weights
+
+
+class Perturb(keras.callbacks.Callback):
+    """Adds 0.1 to the first kernel before the given (1-based, global) step."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch + 1 == self.step:
+            kernel = self.model.layers[0].kernel
+            kernel.assign(kernel + 0.1)
+
+
+def _fit_pair(uri, bn=False, perturb=True, seeds=(3, 3), nested=False):
+    """Two runs from the same initial weights and data; the second perturbed before a known step."""
+    x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
+    y = (x @ np.arange(1, 5, dtype="float32"))[:, None]
+    mlflow.set_tracking_uri(uri)
+    run_ids = []
+    for i, seed in enumerate(seeds):
+        keras.utils.set_random_seed(seed)
+        layers = [keras.Input((4,)), keras.layers.Dense(6, name="d0")]
+        layers += [keras.layers.BatchNormalization(name="bn")] if bn else []
+        model = keras.Sequential(layers + [keras.layers.Dense(1, name="head")])
+        model.compile("sgd", "mse")
+        extra = [Perturb(PERTURB_AT_STEP)] if perturb and i == 1 else []
+        with mlflow.start_run(run_name=f"run{i}", nested=nested) as run:
+            mlflow.set_tags({"layerprint.variant": f"v{i}", "layerprint.layer": "dense"})
+            model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,
+                      callbacks=extra + [LayerprintCallback(strict=True)])
+        run_ids.append(run.info.run_id)
+    return run_ids
+
+
+def test_reports_the_step_where_a_perturbation_makes_curves_part(sqlite_uri, client):
+    a, b = _fit_pair(sqlite_uri)
+    report = compare_records(collect(client, run_ids=[a, b]))
+    (pair,) = report["pairs"]
+    assert pair["identical_init"] is True
+    assert report["init_groups"] == [[a, b]]
+    assert pair["first_divergence_step"] == PERTURB_AT_STEP
+    assert pair["max_loss_gap"] > 0 and pair["final_weight_distance"] > 0
+    assert set(pair["final_weight_distance_per_layer"]) == {"d0", "head"}
+
+
+def test_unperturbed_twins_never_diverge_and_tolerance_is_settable(sqlite_uri, client):
+    a, b = _fit_pair(sqlite_uri, perturb=False)
+    (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
+    assert pair["first_divergence_step"] is None and pair["max_loss_gap"] == 0.0
+    assert pair["final_weight_distance"] == 0.0
+    curve = {1: 1.0, 2: 1.0, 3: 1.0}
+    assert first_divergence(curve, {1: 1.0, 2: 1.0 + 1e-3, 3: 1.2}) == (2, pytest.approx(0.2))
+    assert first_divergence(curve, {1: 1.0, 2: 1.0 + 1e-3, 3: 1.2}, atol=1e-2)[0] == 3
+
+
+def test_batchnorm_gap_matches_the_logged_arrays(sqlite_uri, client):
+    a, b = _fit_pair(sqlite_uri, bn=True, seeds=(3, 4), perturb=False)
+    records = collect(client, run_ids=[a, b])
+    (pair,) = compare_records(records)["pairs"]
+    expected = max(float(np.max(np.abs(records[0].batchnorm[f"bn/{s}"][-1] - records[1].batchnorm[f"bn/{s}"][-1])))
+                   for s in ("moving_mean", "moving_variance"))
+    assert pair["batchnorm_gap"] == pytest.approx(expected) and expected > 0
+    assert list(pair["batchnorm_gap_per_layer"]) == ["bn"]
+    assert pair["identical_init"] is False
+
+
+def _check_shape(report):
+    """The documented ``--format json`` shape (README, DESIGN.md)."""
+    assert set(report) >= {"runs", "init_groups", "pairs"}
+    for run in report["runs"]:
+        assert set(run) >= {"run_id", "run_name", "variant", "layer", "seed", "init_fingerprint", "final_fingerprint"}
+        assert isinstance(run["run_id"], str) and len(run["init_fingerprint"]) == 64
+    ids = {r["run_id"] for r in report["runs"]}
+    assert all(isinstance(g, list) and set(g) <= ids for g in report["init_groups"])
+    assert sorted(i for g in report["init_groups"] for i in g) == sorted(ids)
+    n = len(ids)
+    assert len(report["pairs"]) == n * (n - 1) // 2
+    for pair in report["pairs"]:
+        assert set(pair) >= {"a", "b", "identical_init", "first_divergence_step", "max_loss_gap", "final_weight_distance"}
+        assert isinstance(pair["identical_init"], bool)
+        assert pair["first_divergence_step"] is None or isinstance(pair["first_divergence_step"], int)
+        assert isinstance(pair["max_loss_gap"], float) and isinstance(pair["final_weight_distance"], float)
+
+
+@pytest.mark.slow
+def test_cli_json_shape_plots_and_parent_logging(sqlite_uri, client, tmp_path):
+    mlflow.set_tracking_uri(sqlite_uri)
+    with mlflow.start_run(run_name="sweep") as parent:
+        pass
+    with mlflow.start_run(run_id=parent.info.run_id):
+        ids = _fit_pair(sqlite_uri, bn=True, nested=True)
+    for run_id in ids:
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    out = tmp_path / "report"
+    done = run_cli(["layerprint", "compare", "--tracking-uri", sqlite_uri, "--parent", parent.info.run_id,
+                    "--format", "json", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    _check_shape(report)
+    assert report["pairs"][0]["first_divergence_step"] == PERTURB_AT_STEP
+    pngs = ["loss_curves.png", "batchnorm.png", "weight_distance.png", "init_matrix.png"]
+    for name in pngs + ["compare.json", "compare.md", "compare.txt"]:
+        assert (out / name).stat().st_size > 500, name
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert {f"compare/{name}" for name in pngs} <= logged
+    table = run_cli(["layerprint", "compare", "--tracking-uri", sqlite_uri, "--run-ids", *ids], tmp_path)
+    assert table.returncode == 0 and max(len(line) for line in table.stdout.splitlines()) <= 100
+    assert "BatchNorm moving-stat gap" in table.stdout
+
+
+def test_write_report_without_records_writes_only_text(tmp_path, sqlite_uri, client):
+    ids = _fit_pair(sqlite_uri, perturb=False)
+    written = write_report(compare_records(collect(client, run_ids=ids)), tmp_path / "r")
+    assert sorted(p.name for p in written) == ["compare.json", "compare.md", "compare.txt"]
