@@ -16,7 +16,14 @@ import numpy as np
 
 from layerprint import keys
 from layerprint.batchnorm import StatisticsReader, find_batchnorm_layers, moving_statistics
-from layerprint.fingerprint import exact_hash, fingerprint_model, l2_norm, owning_layer_path, unique_variables
+from layerprint.fingerprint import (
+    exact_hash,
+    fingerprint_model,
+    l2_norm,
+    owning_layer_path,
+    unique_variables,
+    variable_paths,
+)
 from layerprint.sharing import sharing_report, symmetry_warning
 from layerprint.tracking import RunSink, experiment_id_for, resolve_tracking_uri, strip_credentials
 
@@ -51,7 +58,8 @@ class LayerprintCallback(keras.callbacks.Callback):
         nested: start a child run of the active run.
         tracking_uri: store for a run the callback starts (default: ``MLFLOW_TRACKING_URI`` or
             MLflow's current URI).
-        probe_batch: an input batch to evaluate every epoch (fingerprint and norm of the output).
+        probe_batch: an input batch to evaluate before training and after every epoch (fingerprint
+            and norm of the output; epoch 0 is the untrained model).
         tags: extra tags for the run.
         params: params to log on the run (for example the flattened config).
         max_weights_artifact_params: save the final weights as ``weights_final.npz`` (for
@@ -153,6 +161,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._probe_hashes: list[str] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="layerprint-")
         self._initial_values = {id(v): np.array(v.numpy()) for v in unique_variables(self.model)}
+        self._paths = variable_paths(self.model)
         self.initial_fingerprint = fingerprint_model(self.model)
         self.sharing = sharing_report(self.model, self.initial_fingerprint["variables"])
         warning = symmetry_warning(self.sharing["identical_initial_values"])
@@ -171,6 +180,13 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._write_json(keys.FINGERPRINTS_INITIAL, self.initial_fingerprint)
         self._write_json(keys.SHARING, self.sharing)
         self._record_batchnorm(epoch=0)
+        if self.probe_batch is not None:
+            self.sink.log_metrics(self._probe(), 0)
+
+    @property
+    def last_step(self) -> int:
+        """The global step of the last finished training batch (0 before training)."""
+        return getattr(self, "_global_step", 0)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -188,11 +204,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._epoch_start_step = self._global_step
         points = {keys.epoch_key(name): value for name, value in logs.items() if _is_number(value)}
         points.update(self._drift())
-        if self.probe_batch is not None:
-            output = np.asarray(keras.ops.convert_to_numpy(self.model(self.probe_batch, training=False)))
-            self._probe_hashes.append(exact_hash(output))
-            self._probe_norms.append(l2_norm(output))
-            points[keys.PROBE_NORM] = self._probe_norms[-1]
+        points.update(self._probe())
         self.sink.log_metrics(_sanitized(points), epoch + 1)
         self._record_batchnorm(epoch=epoch + 1)
 
@@ -203,13 +215,14 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.sink.set_tags({keys.TAG_FINAL_FINGERPRINT: self.final_fingerprint["model"]})
         if self._probe_hashes:
             self.sink.set_tags({keys.TAG_PROBE_FINGERPRINT: self._probe_hashes[-1]})
-            self._write_json(keys.PROBE, {"epochs": list(range(1, len(self._probe_hashes) + 1)),
+            self._write_json(keys.PROBE, {"epochs": list(range(len(self._probe_hashes))),
                                           "sha256": self._probe_hashes, "l2_norm": self._probe_norms})
         self._write_json(keys.FINGERPRINTS_FINAL, self.final_fingerprint)
         variables = unique_variables(self.model)
         if sum(int(np.prod(v.shape)) for v in variables) <= self.max_weights_artifact_params:
             path = Path(self._tmp.name) / keys.WEIGHTS_FINAL
-            np.savez(path, **{v.path: np.asarray(v.numpy()) for v in variables})
+            paths = variable_paths(self.model)
+            np.savez(path, **{paths[id(v)]: np.asarray(v.numpy()) for v in variables})
             self.sink.log_artifact(path, keys.ARTIFACT_DIR)
         if self._bn_layers:
             path = Path(self._tmp.name) / keys.BATCHNORM
@@ -245,18 +258,29 @@ class LayerprintCallback(keras.callbacks.Callback):
         """L2 distance of each layer's variables from their initial values, and of the whole model."""
         squares: dict[str, float] = {}
         total = 0.0
+        paths = self._paths
         for variable in unique_variables(self.model):
             start = self._initial_values.get(id(variable))
             if start is None or not variable.trainable:
                 continue
             delta = np.asarray(variable.numpy(), dtype=np.float64) - start
             square = float(np.sum(delta * delta))
-            layer = owning_layer_path(variable.path) or variable.path
+            path = paths.get(id(variable), variable.path)
+            layer = owning_layer_path(path) or path
             squares[layer] = squares.get(layer, 0.0) + square
             total += square
         out = {keys.drift_key(layer): float(np.sqrt(s)) for layer, s in squares.items()}
         out[keys.DRIFT_MODEL] = float(np.sqrt(total))
         return out
+
+    def _probe(self) -> dict[str, float]:
+        """Fingerprint and norm of the model output on the probe batch (none without one)."""
+        if self.probe_batch is None:
+            return {}
+        output = np.asarray(keras.ops.convert_to_numpy(self.model(self.probe_batch, training=False)))
+        self._probe_hashes.append(exact_hash(output))
+        self._probe_norms.append(l2_norm(output))
+        return {keys.PROBE_NORM: self._probe_norms[-1]}
 
     def _record_batchnorm(self, epoch: int) -> None:
         if not self._bn_layers:
