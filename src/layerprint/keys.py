@@ -24,6 +24,7 @@ TAG_PROBE_FINGERPRINT = "layerprint.probe_fingerprint"
 TAG_SYMMETRY_WARNING = "layerprint.symmetry_warning"
 TAG_SWEEP_DIR = "layerprint.sweep_dir"
 TAG_FAILURE = "layerprint.failure"
+TAG_FAILED_JOBS = "layerprint.failed_jobs"
 TAG_VERSION_PREFIX = "layerprint.version."
 
 ARTIFACT_DIR = "layerprint"

@@ -3,8 +3,10 @@
 ``on_multirun_start`` runs in the launching process before any job: it creates (and upgrades) the
 store once, opens the parent run, and passes its id and the absolute tracking URI to the jobs through
 the environment (``LAYERPRINT_PARENT_RUN_ID``; not ``MLFLOW_RUN_ID``, which would resume the parent
-instead of nesting under it). Hydra does not call ``on_multirun_end`` when a job fails, so the parent
-is also closed from an ``atexit`` hook, as FAILED.
+instead of nesting under it). A job that fails leaves a FAILED run and lets the others go on (see
+``train.hydra_main``); at the end the parent run lists them in ``layerprint.failed_jobs`` and ends
+FAILED. Should Hydra itself stop before ``on_multirun_end`` (an interrupt), the parent is closed from
+an ``atexit`` hook, as FAILED.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from hydra.experimental.callback import Callback
 from layerprint import keys
 from layerprint.tracking import experiment_id_for, resolve_tracking_uri, strip_credentials
 from layerprint.train import PARENT_RUN_ENV, open_store
+
+
+failed_jobs: list[str] = []  # "run name: reason" of the last sweep's failed jobs (read by main for the exit code)
 
 
 class SweepParentRun(Callback):
@@ -45,18 +50,25 @@ class SweepParentRun(Callback):
         atexit.register(self._close, "FAILED")
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from layerprint.compare import compare, format_table, write_report
+        from layerprint.compare import collect, compare_records, format_table, write_report
 
         try:
-            report = compare(self.client, parent_run_id=self.parent_run_id)
+            records = collect(self.client, parent_run_id=self.parent_run_id)
+            report = compare_records(records)
         except Exception as error:  # noqa: BLE001 - the jobs' runs are logged; the summary is a bonus
             print(f"layerprint: could not compare the sweep's runs: {error}", file=sys.stderr)
         else:
             out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
-            for path in write_report(report, out_dir):
+            for path in write_report(report, out_dir, records):
                 self.client.log_artifact(self.parent_run_id, str(path), "compare")
             print("\n" + format_table(report))
-        self._close("FINISHED")
+        failed_jobs[:] = self._failed_jobs()
+        if failed_jobs:
+            self.client.set_tag(self.parent_run_id, keys.TAG_FAILED_JOBS, "; ".join(failed_jobs)[:5000])
+            print(f"\nlayerprint: {len(failed_jobs)} job(s) of this sweep failed (the others finished):", file=sys.stderr)
+            for line in failed_jobs:
+                print(f"  {line}", file=sys.stderr)
+        self._close("FAILED" if failed_jobs else "FINISHED")
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         print(
             f"\nSweep parent run: {self.parent_run_id} ({strip_credentials(self.uri)})\n"
@@ -64,6 +76,13 @@ class SweepParentRun(Callback):
             f"Open the UI:      {ui_command(self.uri)}\n"
             f"                  then http://127.0.0.1:5000/#/experiments/{experiment_id}"
         )
+
+    def _failed_jobs(self) -> list[str]:
+        children = self.client.search_runs(
+            [self.client.get_run(self.parent_run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=5000)
+        return [f"{run.info.run_name}: {run.info.status}: {run.data.tags.get(keys.TAG_FAILURE, 'no reason recorded')}"
+                for run in children if run.info.status != "FINISHED"]
 
     def _close(self, status: str) -> None:
         if self.parent_run_id and self.client is not None:

@@ -101,6 +101,7 @@ def train(cfg: Any) -> dict[str, Any]:
         keys.TAG_LAYER: cfg.layer.kind,
         keys.TAG_SEED: str(cfg.seed),
         keys.TAG_DETERMINISTIC: str(bool(cfg.deterministic)).lower(),
+        "layerprint.pid": str(os.getpid()),
         **describe_device(device),
         **{keys.TAG_VERSION_PREFIX + name: value for name, value in versions().items()},
     }
@@ -112,7 +113,8 @@ def train(cfg: Any) -> dict[str, Any]:
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=flatten_config(cfg),
-                                  log_every_n_steps=cfg.trainer.log_every_n_steps)
+                                  log_every_n_steps=cfg.trainer.log_every_n_steps,
+                                  probe_batch=x[: cfg.trainer.probe_rows] if cfg.trainer.probe_rows else None)
     status = "FAILED"
     try:
         history = model.fit(
@@ -122,17 +124,20 @@ def train(cfg: Any) -> dict[str, Any]:
             validation_split=cfg.data.validation_split,
             shuffle=False,
             verbose=0,
-            callbacks=[callback],
+            callbacks=[callback, keras.callbacks.TerminateOnNaN()],
         )
         final_loss = float(history.history["loss"][-1])
         status = "FINISHED" if math.isfinite(final_loss) else "FAILED"
         if status == "FAILED":
-            client.set_tag(run_id, keys.TAG_FAILURE, f"loss is {final_loss} at the end of training")
+            steps = max(callback.last_step, 1)
+            client.set_tag(run_id, keys.TAG_FAILURE, f"loss became {final_loss} by step {steps}; "
+                           "TerminateOnNaN stopped training")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except Exception as error:
         client.set_tag(run_id, keys.TAG_FAILURE, f"{type(error).__name__}: {str(error)[:500]}")
+        error.layerprint_run_id = run_id  # type: ignore[attr-defined]  # the run exists and says why
         raise
     finally:
         callback.close(status=status)
@@ -149,16 +154,47 @@ def train(cfg: Any) -> dict[str, Any]:
 register_configs()
 
 
+def record_failed_job(cfg: Any, reason: str) -> str | None:
+    """Leave a FAILED run, with the reason, for a sweep job that failed before its run existed.
+
+    Returns:
+        The run id, or None when the store itself cannot be reached.
+    """
+    from layerprint.tracking import experiment_id_for, resolve_tracking_uri, strip_credentials
+
+    try:
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        client = open_store(uri)
+        tags = {keys.TAG_VARIANT: str(cfg.variant.name), keys.TAG_LAYER: str(cfg.layer.kind),
+                keys.TAG_SEED: str(cfg.seed), keys.TAG_FAILURE: strip_credentials(reason)[:5000]}
+        if os.environ.get(PARENT_RUN_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        run_name = cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
+        run = client.create_run(experiment_id_for(client, uri, cfg.tracking.experiment), run_name=run_name, tags=tags)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        return run.info.run_id
+    except Exception:  # noqa: BLE001 - the job's error line has been printed already
+        return None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra task: train, print a one-line summary, return the final loss (for sweepers)."""
+    """The Hydra task: train, print a one-line summary, return the final loss (for sweepers).
+
+    In a ``-m`` sweep a failing job does not stop the others: its run ends FAILED with the reason
+    in the ``layerprint.failure`` tag (a run is created for that when the job failed before its
+    run existed), one line is printed, and the sweep's parent run reports it at the end.
+    """
     try:
         result = train(cfg)
-    except LayerprintError as error:
-        print(f"layerprint-train: error: {error}", file=sys.stderr)
+    except (LayerprintError, Exception) as error:  # noqa: BLE001 - one line per failed job, never a traceback
+        reason = str(error) if isinstance(error, LayerprintError) else f"{type(error).__name__}: {_first_line(error)}"
+        print(f"layerprint-train: error: {reason}", file=sys.stderr)
         if _in_multirun():
-            raise
-        sys.exit(2)
+            if not getattr(error, "layerprint_run_id", None):
+                record_failed_job(cfg, reason)
+            return math.nan
+        sys.exit(2 if isinstance(error, LayerprintError) else 1)
     print(f"layerprint-train: run {result['run_id']} {result['status']}: {cfg.variant.name} x {cfg.layer.kind}, "
           f"seed {cfg.seed}, init {result['init_fingerprint'][:12]}, final loss {result['final_loss']:.6g}")
     return result["final_loss"]
@@ -206,7 +242,13 @@ def check_overrides(argv: list[str]) -> None:
         if group in GROUPS:
             values = [v for _, vs in sweeps[-1:] for v in vs] if override.is_sweep_override() else [override.value()]
             _check_group_options(group, values)
-    variations = [plain] + [plain + [f"{o.get_key_element()}={v}"] for o, values in sweeps for v in values]
+    # Every value of every sweep is checked once, next to the first value of each other sweep.
+    first = {o.get_key_element(): values[0] for o, values in sweeps if values}
+    variations = [plain + [f"{k}={v}" for k, v in first.items()]]
+    for override, values in sweeps:
+        key = override.get_key_element()
+        for value in values[1:]:
+            variations.append(plain + [f"{k}={value if k == key else v}" for k, v in first.items()])
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
         for overrides in variations:
@@ -250,6 +292,9 @@ def main() -> None:
         print(f"layerprint-train: error: {error}", file=sys.stderr)
         sys.exit(2)
     hydra_main()
+    sweep = sys.modules.get("layerprint.sweep")
+    if sweep is not None and sweep.failed_jobs:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""Sweeps: parallel jobs with joblib, a failing job, a real tracking server, cluster configs."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+from layerprint import keys
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["layer=dense", "device=cpu", "data.n_samples=64", "trainer.epochs=2"]
+STEPS = 2 * 3  # 2 epochs x ceil(48 training samples / 16)
+
+
+def _runs(client, experiment="layerprint"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _assert_complete(client, run):
+    """Every point and artifact of a finished 6-step run arrived, once."""
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED", run.data.tags.get(keys.TAG_FAILURE)
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, STEPS + 1))
+    assert [m.step for m in client.get_metric_history(run_id, "epoch/loss")] == [1, 2]
+    assert len(client.get_metric_history(run_id, "drift/_model")) == 2
+    names = {a.path for a in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
+    assert {f"layerprint/{n}" for n in (keys.FINGERPRINTS_INITIAL, keys.FINGERPRINTS_FINAL, keys.SHARING,
+                                        keys.WEIGHTS_FINAL)} <= names
+    assert run.data.tags[keys.TAG_FINAL_FINGERPRINT] and run.data.params["trainer.epochs"] == "2"
+
+
+def test_joblib_runs_four_jobs_in_parallel_into_one_sqlite_store(tmp_path):
+    done = run_cli(["layerprint-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                    "variant=duplicated,shared,copied,cloned", *SMALL], tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stderr + done.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (parent,), children = _runs(client)
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.tags[keys.TAG_VARIANT] for c in children) == ["cloned", "copied", "duplicated", "shared"]
+    for child in children:
+        _assert_complete(client, child)
+    pids = {c.data.tags.get("layerprint.pid") for c in children}
+    assert len(pids) > 1, "jobs did not run in separate worker processes"
+    assert parent.info.status == "FINISHED"
+    assert {"compare/compare.json", "compare/loss_curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+
+
+def test_a_failing_job_does_not_lose_the_others(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "good.npz", x=rng.normal(size=(64, 8)).astype("float32"), y=rng.normal(size=(64, 1)).astype("float32"))
+    done = run_cli(["layerprint-train", "-m", "data=npz", f"data.path={tmp_path / 'good.npz'},{tmp_path / 'missing.npz'}",
+                    "trainer.optimizer=sgd", "trainer.learning_rate=0.01,1e15", "layer=dense", "device=cpu",
+                    "trainer.epochs=2"], tmp_path, timeout=400)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (parent,), children = _runs(client)
+    assert len(children) == 4
+    by_params = {(c.data.params["data.path"].endswith("good.npz"), float(c.data.params["trainer.learning_rate"])): c
+                 for c in children if c.data.params}
+    _assert_complete(client, by_params[(True, 0.01)])
+    nan_run = by_params[(True, 1e15)]
+    assert nan_run.info.status == "FAILED"
+    assert "TerminateOnNaN stopped training" in nan_run.data.tags[keys.TAG_FAILURE]
+    missing = [c for c in children if "does not exist" in c.data.tags.get(keys.TAG_FAILURE, "")]
+    assert len(missing) == 2 and all(c.info.status == "FAILED" for c in missing)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[keys.TAG_FAILED_JOBS].count("FAILED") == 3
+    assert "3 job(s) of this sweep failed" in done.stderr
+    assert not [r for r in client.search_runs(["0", parent.info.experiment_id]) if r.info.status == "RUNNING"]
+
+
+def test_server_mode_runs_a_sweep_through_a_real_mlflow_server(tmp_path, mlflow_server):
+    done = run_cli(["layerprint-train", "-m", "tracking=server", "variant=duplicated,shared", *SMALL], tmp_path,
+                   env={"LAYERPRINT_SERVER_URI": mlflow_server.uri}, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "mlruns").exists()  # nothing went to the local default store
+    client = MlflowClient(mlflow_server.uri)
+    (parent,), children = _runs(client)
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    for child in children:
+        _assert_complete(client, child)
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:")
+        stored = mlflow_server.root / "artifacts" / child.info.experiment_id / child.info.run_id / "artifacts" / "layerprint"
+        assert (stored / keys.FINGERPRINTS_INITIAL).is_file()  # proxied to the server's destination
+    assert {"compare/compare.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert f"layerprint compare --tracking-uri {mlflow_server.uri} --parent" in done.stdout
+
+
+def test_cluster_and_server_configs_compose(monkeypatch):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import layerprint.train  # noqa: F401 - registers the schema
+
+    monkeypatch.setenv("LAYERPRINT_SERVER_URI", "http://mlflow.internal:5000")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
+        slurm = compose("train", ["hydra/launcher=slurm", "tracking=server", "hydra.launcher.partition=gpu"],
+                        return_hydra_config=True)
+        local = compose("train", ["hydra/launcher=submitit_local_jobs"], return_hydra_config=True)
+        joblib = compose("train", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert slurm.hydra.launcher.partition == "gpu" and slurm.hydra.launcher.cpus_per_task == 4
+    assert slurm.tracking.uri == "http://mlflow.internal:5000"
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
+    assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2
+    monkeypatch.delenv("LAYERPRINT_SERVER_URI")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
+        assert compose("train", ["tracking=server"]).tracking.uri == "http://127.0.0.1:5000"
+    GlobalHydra.instance().clear()
+    assert os.environ.get("LAYERPRINT_SERVER_URI") is None
