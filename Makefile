@@ -21,6 +21,11 @@ test: $(BIN)/.installed  ## every test, the slow ones too
 bench: $(BIN)/.installed  ## benchmarks; prints ratios measured in one run
 	$(BIN)/python benchmarks/callback_overhead.py
 	$(BIN)/python benchmarks/fingerprint_resnet50.py
+	$(BIN)/python benchmarks/compare_50x1000.py
+	$(BIN)/python benchmarks/sweep_launchers.py
+
+example: $(BIN)/.installed  ## remake mlruns.example/ from the demo sweep (through a local mlflow server)
+	$(BIN)/python scripts/make_example.py
 
 clean:
 	rm -rf $(VENV) mlruns outputs multirun .pytest_cache

@@ -41,7 +41,8 @@ class LayerprintCallback(keras.callbacks.Callback):
     Every epoch: epoch and validation metrics (``epoch/<name>``), per-layer weight drift from the
     initial weights (``drift/<layer>``), the full BatchNorm vectors (kept for ``batchnorm.npz``) and,
     given a probe batch, a fingerprint and the norm of the model output on it. At train end: the
-    final fingerprint and the artifacts.
+    final fingerprint and the artifacts. A run the callback started ends FINISHED, or FAILED (with
+    the ``layerprint.failure`` tag) when a logged loss was NaN or infinite.
 
     Points are queued and sent by a background thread in batches, so a step never waits for the
     store. If the store cannot be reached, training goes on and the points are kept in a local spool
@@ -152,6 +153,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.sink = RunSink(uri, run_id, offline_run=offline, strict=self.strict)
         self._global_step = 0
         self._epoch_start_step = 0
+        self._non_finite_step: int | None = None
         self._bn_layers = find_batchnorm_layers(self.model)
         self._bn_reader = StatisticsReader(self._bn_layers)
         self._step_keys: dict[str, str] = {}
@@ -184,6 +186,11 @@ class LayerprintCallback(keras.callbacks.Callback):
             self.sink.log_metrics(self._probe(), 0)
 
     @property
+    def non_finite_step(self) -> int | None:
+        """The first logged global step whose loss was NaN or infinite, else None."""
+        return getattr(self, "_non_finite_step", None)
+
+    @property
     def last_step(self) -> int:
         """The global step of the last finished training batch (0 before training)."""
         return getattr(self, "_global_step", 0)
@@ -196,12 +203,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         if not crossed:
             return
         points = {self._step_key(name): float(value) for name, value in logs.items() if _is_number(value)}
+        if self._non_finite_step is None and not np.isfinite(points.get(self._step_key("loss"), 0.0)):
+            self._non_finite_step = step
         points.update(self._bn_reader.summaries())
         self.sink.log_metrics(points, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         self._epoch_start_step = self._global_step
+        if self._non_finite_step is None and _is_number(logs.get("loss")) and not np.isfinite(float(logs["loss"])):
+            self._non_finite_step = self._global_step
         points = {keys.epoch_key(name): value for name, value in logs.items() if _is_number(value)}
         points.update(self._drift())
         points.update(self._probe())
@@ -222,14 +233,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         if sum(int(np.prod(v.shape)) for v in variables) <= self.max_weights_artifact_params:
             path = Path(self._tmp.name) / keys.WEIGHTS_FINAL
             paths = variable_paths(self.model)
-            np.savez(path, **{paths[id(v)]: np.asarray(v.numpy()) for v in variables})
+            np.savez(path, **{keys.sanitize_key(paths[id(v)]): np.asarray(v.numpy()) for v in variables})
             self.sink.log_artifact(path, keys.ARTIFACT_DIR)
         if self._bn_layers:
             path = Path(self._tmp.name) / keys.BATCHNORM
             np.savez(path, epochs=np.asarray(self._bn_epochs),
-                     **{name: np.stack(values) for name, values in self._bn_history.items()})
+                     **{keys.sanitize_key(name): np.stack(values) for name, values in self._bn_history.items()})
             self.sink.log_artifact(path, keys.ARTIFACT_DIR)
-        self.close(status="FINISHED")
+        if self._non_finite_step is not None:
+            self.sink.set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {self._non_finite_step}"})
+        self.close(status="FINISHED" if self._non_finite_step is None else "FAILED")
 
     def close(self, status: str = "FINISHED") -> None:
         """Flush the queued points, end the run if this callback started it, release resources.

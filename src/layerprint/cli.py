@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from layerprint.errors import LayerprintError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported in one line (what was wrong, where the help is)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerprint", description=__doc__)
+    parser = _Parser(prog="layerprint", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     compare = commands.add_parser("compare", help="which runs started identical and where they diverge")
@@ -104,11 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     from layerprint.runtime import quiet_tensorflow
 
     quiet_tensorflow()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # claims prints its own table
     args = _parser().parse_args(argv)
     try:
         code = {"compare": _compare, "claims": _claims, "sync": _sync}[args.command](args)
     except LayerprintError as error:
-        print(f"layerprint {args.command}: error: {error}", file=sys.stderr)
+        from layerprint.tracking import redact
+
+        print(f"layerprint {args.command}: error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)
 

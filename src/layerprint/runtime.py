@@ -38,6 +38,31 @@ def select_device(device: str) -> str:
     return "cpu"
 
 
+def share_cpu_threads(parallel_jobs: int) -> int | None:
+    """Give each of ``parallel_jobs`` jobs running at once its share of the CPU cores as TensorFlow
+    threads (intra- and inter-op), so that N parallel jobs do not each start one thread per core.
+
+    Must run before TensorFlow executes its first op in this process; later calls change nothing.
+
+    Args:
+        parallel_jobs: jobs running at the same time on this machine (a launcher's ``n_jobs``).
+
+    Returns:
+        The threads per job, or None when nothing was changed (one job, or TensorFlow already running).
+    """
+    if parallel_jobs <= 1:
+        return None
+    import tensorflow as tf
+
+    threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow is already running in this worker (its second job)
+        return None
+    return threads
+
+
 def set_determinism(seed: int, deterministic: bool) -> None:
     """With ``deterministic``, seed Python, NumPy and the backend with ``keras.utils.set_random_seed``
     and turn on TensorFlow op determinism; otherwise leave both as they are."""

@@ -3,7 +3,8 @@
 ``on_multirun_start`` runs in the launching process before any job: it creates (and upgrades) the
 store once, opens the parent run, and passes its id and the absolute tracking URI to the jobs through
 the environment (``LAYERPRINT_PARENT_RUN_ID``; not ``MLFLOW_RUN_ID``, which would resume the parent
-instead of nesting under it). A job that fails leaves a FAILED run and lets the others go on (see
+instead of nesting under it) and through ``<sweep dir>/.layerprint-sweep.json``, for worker
+processes that were started before the parent run existed (joblib's warm workers) or run elsewhere. A job that fails leaves a FAILED run and lets the others go on (see
 ``train.hydra_main``); at the end the parent run lists them in ``layerprint.failed_jobs`` and ends
 FAILED. Should Hydra itself stop before ``on_multirun_end`` (an interrupt), the parent is closed from
 an ``atexit`` hook, as FAILED.
@@ -12,15 +13,17 @@ an ``atexit`` hook, as FAILED.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
+import threading
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
 from layerprint import keys
-from layerprint.tracking import experiment_id_for, resolve_tracking_uri, strip_credentials
-from layerprint.train import PARENT_RUN_ENV, open_store
+from layerprint.tracking import experiment_id_for, redact, resolve_tracking_uri, strip_credentials
+from layerprint.train import PARENT_RUN_ENV, SWEEP_FILE, open_store
 
 
 failed_jobs: list[str] = []  # "run name: reason" of the last sweep's failed jobs (read by main for the exit code)
@@ -37,19 +40,26 @@ class SweepParentRun(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self.uri = resolve_tracking_uri(config.tracking.uri)
         os.environ["MLFLOW_TRACKING_URI"] = self.uri
+        start_joblib_workers(config.hydra.launcher)
         self.client = open_store(self.uri)
         experiment_id = experiment_id_for(self.client, self.uri, config.tracking.experiment)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact(" ".join(config.hydra.overrides.task))
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
             tags={keys.TAG_SWEEP_DIR: str(config.hydra.sweep.dir), "layerprint.sweep_overrides": overrides},
         )
         self.parent_run_id = run.info.run_id
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id  # jobs in this process and in workers started from now
+        sweep_dir = str(config.hydra.sweep.dir)  # workers started earlier (and other machines) read it here
+        os.makedirs(sweep_dir, exist_ok=True)
+        with open(os.path.join(sweep_dir, SWEEP_FILE), "w", encoding="utf-8") as handle:
+            json.dump({"parent_run_id": self.parent_run_id, "tracking_uri": strip_credentials(self.uri)}, handle)
         atexit.register(self._close, "FAILED")
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if self.client is None or self.parent_run_id is None:
+            return  # on_multirun_start failed (Hydra reported it); there is no parent run to close
         from layerprint.compare import collect, compare_records, format_table, write_report
 
         try:
@@ -89,6 +99,65 @@ class SweepParentRun(Callback):
             run = self.client.get_run(self.parent_run_id)
             if run.info.status == "RUNNING":
                 self.client.set_terminated(self.parent_run_id, status=status)
+
+
+def _warm_up_worker(parallel_jobs: int) -> int:
+    """Run in a fresh worker: import what every job needs (TensorFlow, Keras, MLflow, the runner),
+    give TensorFlow its share of the cores, and train a two-step throwaway model so that TensorFlow's
+    runtime and Keras's first-call paths are initialized before the first job arrives.
+
+    The throwaway model changes nothing a job depends on: jobs name every layer themselves, seed
+    Keras themselves with ``deterministic=true``, and fingerprint paths do not hold auto-numbered names.
+    """
+    import keras
+    import mlflow  # noqa: F401
+    import numpy as np
+
+    import layerprint.callback  # noqa: F401
+    import layerprint.train  # noqa: F401
+    from layerprint.runtime import share_cpu_threads
+
+    share_cpu_threads(parallel_jobs)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32"), batch_size=2, verbose=0)
+    keras.backend.clear_session()
+    return os.getpid()
+
+
+def start_joblib_workers(launcher: Any) -> threading.Thread | None:
+    """Start the joblib launcher's worker processes now, in the background, and have them import and
+    initialize TensorFlow, Keras and MLflow while this process opens the store and the parent run.
+
+    joblib keeps one reusable loky executor per configuration; started with the launcher's own
+    arguments, the jobs later run on these warm workers instead of starting cold ones (about 6 s of
+    imports a worker on the 2-core machine). Other launchers: nothing happens.
+
+    Returns:
+        The thread that started the workers, or None.
+    """
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return None
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed
+    from omegaconf import OmegaConf
+
+    joblib_cfg = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
+    joblib_cfg["backend"] = "loky"  # as the launcher does
+    process_joblib_cfg(joblib_cfg)
+    n_jobs = joblib_cfg.get("n_jobs") or 1
+    workers = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+    def warm() -> None:
+        try:
+            Parallel(**joblib_cfg)(delayed(_warm_up_worker)(workers) for _ in range(workers))
+        except Exception:  # noqa: BLE001 - only a head start; the launcher starts workers itself if this fails
+            return
+        import layerprint.plots  # noqa: F401 - matplotlib, for the comparison at the sweep's end, while jobs run
+
+    thread = threading.Thread(target=warm, name="layerprint-warm-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 def ui_command(uri: str) -> str:

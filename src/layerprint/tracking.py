@@ -14,16 +14,19 @@ reported as success to the callers (see README, "Why a sink of our own").
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from layerprint.errors import TrackingError
 
@@ -75,15 +78,72 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     )
 
 
+# "scheme://user:password@", also as Hydra logs overrides ("http\://user\:password@").
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*\\?://)[^/\s@'\"]+@")
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials removed: the ``user:password@`` of every URI in it, and the values of
+    ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN`` and ``MLFLOW_TRACKING_USERNAME`` (4 or
+    more characters) replaced by ``***``. Used on everything layerprint prints, logs or spools."""
+    clean = _USERINFO.sub(r"\g<scheme>", text)
+    for name in CREDENTIAL_ENV:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 4:
+            clean = clean.replace(secret, "***")
+    return clean
+
+
 def strip_credentials(uri: str) -> str:
-    """The URI without ``user:password@`` (safe to print, log and store)."""
+    """The URI without ``user:password@`` and without credential values (safe to print, log and store)."""
+    return redact(uri)
+
+
+@contextmanager
+def _no_url_print_with_credentials(uri: str) -> Iterator[None]:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends; with ``user:password@``
+    in the URI that line would show the password, so MLflow's print is turned off for that call."""
+    if strip_credentials(uri) == uri:
+        yield
+        return
+    previous = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = previous
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that passes every record through ``redact`` (Hydra's console logs echo the
+    overrides, which may hold a tracking URI with credentials; see ``conf/train.yaml``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def reachable(uri: str, timeout: float = 2.0) -> bool:
+    """False when nothing accepts a connection at an http(s) URI's host and port; True otherwise
+    (other stores are files or databases that MLflow's own call will try)."""
+    import socket
+
     parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    if parts.scheme not in ("http", "https"):
+        return True
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def ensure_sqlite_parent(uri: str) -> None:
@@ -135,6 +195,7 @@ class SinkStats:
 
     metrics_sent: int = 0
     metrics_spooled: int = 0
+    metrics_replayed: int = 0  # spooled during an outage, sent from the spool at close
     artifacts_spooled: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -246,7 +307,24 @@ class RunSink:
         for metrics, params, tags in ([inflight] if inflight else []) + [leftovers]:
             if metrics or params or tags:
                 self._spool_batch(metrics, params, tags)
+        if self.stats.metrics_spooled or self.stats.artifacts_spooled:
+            self._replay_spool()
         return self.stats
+
+    def _replay_spool(self) -> None:
+        """Send this run's spooled records now when the store is back (an outage that ended before
+        training did); otherwise they stay in the spool for ``layerprint sync``."""
+        path = self.spool_file()
+        if self._offline or self.strict or not path.is_file() or not reachable(self.tracking_uri):
+            return
+        from layerprint.sync import SyncResult, sync_file
+
+        sent = SyncResult()
+        try:
+            sync_file(self._mlflow_client(), path, sent)
+        except Exception:  # noqa: BLE001 - still down after all: the spool keeps everything
+            return
+        self.stats.metrics_replayed += sent.metrics
 
     def finish(self, status: str = "FINISHED") -> None:
         """Record the run's final status; for an offline run it goes to the spool for ``sync``."""
@@ -254,7 +332,8 @@ class RunSink:
             self._spool_record({"kind": "terminate", "status": status, "end_time": int(time.time() * 1000)})
             return
         try:
-            self._mlflow_client().set_terminated(self.run_id, status=status)
+            with _no_url_print_with_credentials(self.tracking_uri):
+                self._mlflow_client().set_terminated(self.run_id, status=status)
         except Exception as error:  # noqa: BLE001
             if self.strict:
                 raise
@@ -344,7 +423,7 @@ class RunSink:
         self.stats.artifacts_spooled += 1
 
     def _note_failure(self, error: Exception) -> None:
-        message = strip_credentials(str(error).splitlines()[0] if str(error) else repr(error))
+        message = redact(str(error).splitlines()[0] if str(error) else repr(error))
         self.stats.errors.append(message)
         if not self._warned:
             self._warned = True

@@ -7,6 +7,7 @@ hands over to Hydra, so ``-m`` sweeps, launchers and callbacks work as in any Hy
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from layerprint.errors import LayerprintError
 from layerprint.runtime import quiet_tensorflow
 
 PARENT_RUN_ENV = "LAYERPRINT_PARENT_RUN_ID"
+SWEEP_FILE = ".layerprint-sweep.json"  # in the sweep dir: {"parent_run_id", "tracking_uri"}
 CONFIG_MODULE = "pkg://layerprint.conf"
 CONFIG_NAME = "train"
 GROUPS = ("variant", "layer", "data", "trainer", "tracking", "experiment")
@@ -52,6 +54,7 @@ def open_store(uri: str) -> Any:
     from layerprint.tracking import ensure_sqlite_parent, strip_credentials
 
     ensure_sqlite_parent(uri)
+    _check_server_reachable(uri)
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)
@@ -59,6 +62,20 @@ def open_store(uri: str) -> Any:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrackingError(f"cannot open the tracking store {strip_credentials(uri)}: {strip_credentials(first)[:300]}") from None
     return client
+
+
+def _check_server_reachable(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers at an http(s) URI.
+
+    Raises:
+        TrackingError: nothing accepts a connection at the URI's host and port.
+    """
+    from layerprint.errors import TrackingError
+    from layerprint.tracking import reachable, strip_credentials
+
+    if not reachable(uri, timeout=5.0):
+        raise TrackingError(f"cannot reach the tracking server at {strip_credentials(uri)} (no connection); "
+                            "start it (README, 'Server mode') or fix tracking.uri")
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -75,9 +92,10 @@ def train(cfg: Any) -> dict[str, Any]:
     """
     validate(cfg)
     from layerprint import data as data_module
-    from layerprint.runtime import describe_device, select_device, set_determinism, versions
-    from layerprint.tracking import experiment_id_for, resolve_tracking_uri
+    from layerprint.runtime import describe_device, select_device, set_determinism, share_cpu_threads, versions
+    from layerprint.tracking import experiment_id_for, redact, resolve_tracking_uri
 
+    share_cpu_threads(_parallel_jobs())
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.deterministic)
     x, y = data_module.load(cfg)
@@ -105,18 +123,19 @@ def train(cfg: Any) -> dict[str, Any]:
         **describe_device(device),
         **{keys.TAG_VERSION_PREFIX + name: value for name, value in versions().items()},
     }
-    parent = os.environ.get(PARENT_RUN_ENV)
+    parent = sweep_parent_run_id()
     if parent:
         tags["mlflow.parentRunId"] = parent
     run_name = cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
     experiment_id = experiment_id_for(client, uri, cfg.tracking.experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
-    callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=flatten_config(cfg),
-                                  log_every_n_steps=cfg.trainer.log_every_n_steps,
-                                  probe_batch=x[: cfg.trainer.probe_rows] if cfg.trainer.probe_rows else None)
-    status = "FAILED"
-    try:
+    status, callback = "FAILED", None
+    try:  # from here on the run exists: whatever happens, it ends with a status and a reason
+        params = {key: redact(value) for key, value in flatten_config(cfg).items()}
+        callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=params,
+                                      log_every_n_steps=cfg.trainer.log_every_n_steps,
+                                      probe_batch=x[: cfg.trainer.probe_rows] if cfg.trainer.probe_rows else None)
         history = model.fit(
             x, y,
             epochs=cfg.trainer.epochs,
@@ -129,18 +148,19 @@ def train(cfg: Any) -> dict[str, Any]:
         final_loss = float(history.history["loss"][-1])
         status = "FINISHED" if math.isfinite(final_loss) else "FAILED"
         if status == "FAILED":
-            steps = max(callback.last_step, 1)
-            client.set_tag(run_id, keys.TAG_FAILURE, f"loss became {final_loss} by step {steps}; "
+            step = callback.non_finite_step or callback.last_step
+            client.set_tag(run_id, keys.TAG_FAILURE, f"loss became {final_loss} at step {step}; "
                            "TerminateOnNaN stopped training")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except Exception as error:
-        client.set_tag(run_id, keys.TAG_FAILURE, f"{type(error).__name__}: {str(error)[:500]}")
+        client.set_tag(run_id, keys.TAG_FAILURE, redact(f"{type(error).__name__}: {str(error)[:500]}"))
         error.layerprint_run_id = run_id  # type: ignore[attr-defined]  # the run exists and says why
         raise
     finally:
-        callback.close(status=status)
+        if callback is not None:
+            callback.close(status=status)
         client.set_terminated(run_id, status=status)
     return {
         "run_id": run_id,
@@ -154,21 +174,40 @@ def train(cfg: Any) -> dict[str, Any]:
 register_configs()
 
 
+def sweep_parent_run_id() -> str | None:
+    """The parent run of the sweep this job belongs to: ``LAYERPRINT_PARENT_RUN_ID``, else the
+    sweep dir's ``.layerprint-sweep.json`` (worker processes started before the parent run existed,
+    or on other machines, find it there), else None (a single run)."""
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
+    if not _in_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    path = os.path.join(str(HydraConfig.get().sweep.dir), SWEEP_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)["parent_run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def record_failed_job(cfg: Any, reason: str) -> str | None:
     """Leave a FAILED run, with the reason, for a sweep job that failed before its run existed.
 
     Returns:
         The run id, or None when the store itself cannot be reached.
     """
-    from layerprint.tracking import experiment_id_for, resolve_tracking_uri, strip_credentials
+    from layerprint.tracking import experiment_id_for, redact, resolve_tracking_uri
 
     try:
         uri = resolve_tracking_uri(cfg.tracking.uri)
         client = open_store(uri)
         tags = {keys.TAG_VARIANT: str(cfg.variant.name), keys.TAG_LAYER: str(cfg.layer.kind),
-                keys.TAG_SEED: str(cfg.seed), keys.TAG_FAILURE: strip_credentials(reason)[:5000]}
-        if os.environ.get(PARENT_RUN_ENV):
-            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+                keys.TAG_SEED: str(cfg.seed), keys.TAG_FAILURE: redact(reason)[:5000]}
+        parent = sweep_parent_run_id()
+        if parent:
+            tags["mlflow.parentRunId"] = parent
         run_name = cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
         run = client.create_run(experiment_id_for(client, uri, cfg.tracking.experiment), run_name=run_name, tags=tags)
         client.set_terminated(run.info.run_id, status="FAILED")
@@ -189,7 +228,7 @@ def hydra_main(cfg: DictConfig) -> float:
         result = train(cfg)
     except (LayerprintError, Exception) as error:  # noqa: BLE001 - one line per failed job, never a traceback
         reason = str(error) if isinstance(error, LayerprintError) else f"{type(error).__name__}: {_first_line(error)}"
-        print(f"layerprint-train: error: {reason}", file=sys.stderr)
+        print(f"layerprint-train: error: {_redact(reason)}", file=sys.stderr)
         if _in_multirun():
             if not getattr(error, "layerprint_run_id", None):
                 record_failed_job(cfg, reason)
@@ -200,6 +239,18 @@ def hydra_main(cfg: DictConfig) -> float:
     return result["final_loss"]
 
 
+def _parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (the launcher's ``n_jobs``; 1 otherwise)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not _in_multirun():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int):
+        return 1
+    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -207,11 +258,14 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_overrides(argv: list[str]) -> None:
+def check_overrides(argv: list[str]) -> Any:
     """Compose the config for every value of every override, as Hydra will, and validate it.
 
     Args:
         argv: the command-line arguments after the program name.
+
+    Returns:
+        The config composed from the command line with the first value of every sweep.
 
     Raises:
         LayerprintError: one line naming the bad override and what is allowed.
@@ -250,6 +304,7 @@ def check_overrides(argv: list[str]) -> None:
         for value in values[1:]:
             variations.append(plain + [f"{k}={value if k == key else v}" for k, v in first.items()])
     GlobalHydra.instance().clear()
+    composed = []
     with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
         for overrides in variations:
             try:
@@ -257,7 +312,9 @@ def check_overrides(argv: list[str]) -> None:
             except (HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(_composition_message(error)) from None
             validate(cfg)
+            composed.append(cfg)
     GlobalHydra.instance().clear()
+    return composed[0]
 
 
 def _check_group_options(group: str, values: list[Any]) -> None:
@@ -267,6 +324,12 @@ def _check_group_options(group: str, values: list[Any]) -> None:
     for value in values:
         if str(value) not in options:
             raise ConfigError(f"{group} {value!r} is unknown; valid {group} options: {', '.join(options)}")
+
+
+def _redact(text: str) -> str:
+    from layerprint.tracking import redact
+
+    return redact(text)
 
 
 def _first_line(error: BaseException) -> str:
@@ -286,12 +349,26 @@ def _composition_message(error: BaseException) -> str:
 def main() -> None:
     """Console entry point of ``layerprint-train``."""
     quiet_tensorflow()
+    # One summary line per run is printed here; MLflow's own "View run <url>" line would repeat the
+    # tracking URI (credentials included, if the user put them there) for every run.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
-        check_overrides(sys.argv[1:])
+        cfg = check_overrides(sys.argv[1:])
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            # Hydra turns a failing sweep callback into a warning and runs the jobs anyway: check the
+            # store here, so that an unreachable or unwritable one stops the sweep in one line.
+            from layerprint.tracking import resolve_tracking_uri
+
+            open_store(resolve_tracking_uri(cfg.tracking.uri))
     except LayerprintError as error:
-        print(f"layerprint-train: error: {error}", file=sys.stderr)
+        print(f"layerprint-train: error: {_redact(str(error))}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        # train() has flushed the points logged so far and ended the run KILLED.
+        print("layerprint-train: interrupted; the run was ended KILLED with the points logged so far", file=sys.stderr)
+        sys.exit(130)
     sweep = sys.modules.get("layerprint.sweep")
     if sweep is not None and sweep.failed_jobs:
         sys.exit(1)

@@ -1,0 +1,53 @@
+"""Wall time of the demo sweep (12 jobs) with Hydra's basic launcher and with joblib on 2 workers.
+
+Each launcher runs the whole ``layerprint-train -m experiment=demo`` command line (process start,
+imports, the parent run, the jobs, compare and plots at the end) into a fresh SQLite store, in
+interleaved rounds. Target (issue 5): joblib <= 0.65x of basic.
+
+Run: ``.venv/bin/python benchmarks/sweep_launchers.py [rounds]``
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TARGET = 0.65
+LAUNCHERS = {
+    "basic": [],
+    "joblib, 2 workers": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+}
+
+
+def sweep(extra: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
+        done = subprocess.run([str(BIN / "layerprint-train"), "-m", "experiment=demo", "device=cpu", *extra],
+                              cwd=work, capture_output=True, text=True,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+        elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"sweep failed: {done.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+    for _ in range(rounds):
+        for name, extra in LAUNCHERS.items():
+            times[name].append(sweep(extra))
+    basic, joblib = (statistics.median(times[name]) for name in LAUNCHERS)
+    for name, values in times.items():
+        print(f"{name:>18}: median {statistics.median(values):.1f} s ({', '.join(f'{v:.1f}' for v in values)})")
+    ratio = joblib / basic
+    print(f"demo sweep (12 jobs), joblib/basic = {ratio:.2f}x on {os.cpu_count()} CPUs; "
+          f"target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

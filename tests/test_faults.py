@@ -1,0 +1,340 @@
+"""Fault tests against real processes: a tracking server killed and restarted, an unreachable
+server, SIGINT, NaN, 30+ bad inputs, four concurrent writers, credentials, hostile layer names."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import BIN, REPO, MlflowServer, free_port, run_cli
+from mlflow.tracking import MlflowClient
+
+from layerprint import LayerprintCallback, keys
+
+pytestmark = pytest.mark.slow
+FIT_SCRIPT = str(Path(__file__).with_name("fit_script.py"))
+BN_MEAN = "bn/bn/moving_mean/mean"
+
+
+def _fit(uri, experiment, run_id_file, *extra, env=None):
+    return subprocess.Popen([sys.executable, FIT_SCRIPT, uri, experiment, str(run_id_file), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def _wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def _spool_files(tmp_path):
+    root = tmp_path / "spool"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_server_killed_mid_fit_and_restarted_loses_nothing_and_duplicates_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    run_id_file = tmp_path / "run_id"
+    fit = _fit(server.uri, "faults", run_id_file, "--steps", "60", "--sleep", "0.05")
+    try:
+        client = MlflowClient(server.uri)
+        run_id = _wait_for(lambda: run_id_file.exists() and run_id_file.read_text(), what="the run")
+        _wait_for(lambda: len(_steps(client, run_id, "train/loss")) >= 5, what="first points")
+        server.kill(signal.SIGKILL)
+        time.sleep(3)  # training goes on while nothing listens
+        server = MlflowServer(tmp_path / "server", port=server.port).start()
+        out, err = fit.communicate(timeout=300)
+    finally:
+        fit.kill()
+        server.kill()
+        server = MlflowServer(tmp_path / "server", port=server.port).start()
+    try:
+        assert fit.returncode == 0, err[-3000:]
+        client = MlflowClient(server.uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        every_step = list(range(1, 121))  # 60 steps x 2 epochs, each exactly once
+        assert _steps(client, run_id, "train/loss") == every_step
+        assert _steps(client, run_id, BN_MEAN) == every_step
+        assert _steps(client, run_id, "epoch/loss") == [1, 2]
+        assert keys.TAG_FINAL_FINGERPRINT in run.data.tags
+        assert {a.path for a in client.list_artifacts(run_id, "layerprint")} >= {"layerprint/fingerprints_final.json"}
+        assert not [p for p in _spool_files(tmp_path) if p.suffix == ".jsonl"]
+    finally:
+        server.kill()
+
+
+def test_unreachable_server_spools_with_one_warning_and_sync_sends_once(tmp_path, sqlite_uri, client):
+    dead = f"http://127.0.0.1:{free_port()}"
+    fit = _fit(dead, "offline", tmp_path / "run_id", "--steps", "10",
+               env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    out, err = fit.communicate(timeout=300)
+    assert fit.returncode == 0 and out.startswith("done"), err[-3000:]
+    warnings = [line for line in err.splitlines() if "layerprint" in line and "spool" in line]
+    assert len(warnings) == 1, warnings
+    spooled = _spool_files(tmp_path)
+    assert {p.name for p in spooled} >= {"fingerprints_initial.json", "fingerprints_final.json", "sharing.json",
+                                         "batchnorm.npz", "weights_final.npz"}
+    first = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
+    assert first.returncode == 0 and "1 run(s)" in first.stdout and "5 artifact(s)" in first.stdout, first.stdout
+    (run,) = client.search_runs([client.get_experiment_by_name("offline").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 21))
+    assert len(client.list_artifacts(run.info.run_id, "layerprint")) == 5
+    second = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
+    assert second.returncode == 0 and "0 run(s), 0 metric point(s), 0 artifact(s)" in second.stdout
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 21))
+
+
+def test_sigint_ends_the_run_killed_with_its_points_and_exit_130(tmp_path):
+    store = tmp_path / "mlruns" / "mlflow.db"
+    train = subprocess.Popen([str(BIN / "layerprint-train"), "layer=dense", "device=cpu", "trainer.epochs=500",
+                              "data.n_samples=256"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = MlflowClient(f"sqlite:///{store}")
+
+        def running_run():
+            if not store.exists() or client.get_experiment_by_name("layerprint") is None:
+                return None
+            runs = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
+            return runs[0].info.run_id if runs and len(_steps(client, runs[0].info.run_id, "train/loss")) >= 20 else None
+
+        run_id = _wait_for(running_run, timeout=180, what="a running run with points")
+        seen = len(_steps(client, run_id, "train/loss"))
+        train.send_signal(signal.SIGINT)
+        out, err = train.communicate(timeout=120)
+    finally:
+        train.kill()
+    assert train.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    steps = _steps(client, run_id, "train/loss")
+    assert len(steps) >= seen and steps == list(range(1, len(steps) + 1))
+
+
+def test_nan_weights_do_not_crash_the_callback_and_end_the_run_failed(tmp_path, sqlite_uri, client):
+    finals = []
+    for i in range(2):
+        fit = _fit(sqlite_uri, "nan", tmp_path / f"run_id{i}", "--steps", "10", "--nan-at", "4")
+        out, err = fit.communicate(timeout=300)
+        assert fit.returncode == 0 and "\ndone " in out, err[-3000:]
+        assert json.loads(out.split("\ndone ", 1)[1])["last_step"] == 5  # TerminateOnNaN stopped at the first NaN loss
+        run = client.get_run((tmp_path / f"run_id{i}").read_text())
+        assert run.info.status == "FAILED"
+        assert run.data.tags[keys.TAG_FAILURE] == "loss became non-finite at step 5"
+        assert _steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4, 5]
+        finals.append(run.data.tags[keys.TAG_FINAL_FINGERPRINT])
+    assert finals[0] == finals[1]  # fingerprints of NaN weights are deterministic
+
+
+@pytest.fixture(scope="module")
+def compare_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare_store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((4, 2)), np.ones(4), verbose=0, callbacks=[LayerprintCallback(experiment_name="layerprint")])
+    mlflow.set_tracking_uri(None)
+    return uri
+
+
+def _bad_inputs(tmp):
+    text = tmp / "not-an-npz.npz"
+    text.write_text("hello")
+    wrong_keys = tmp / "wrong-keys.npz"
+    np.savez(wrong_keys, a=np.ones((4, 2)))
+    train = "layerprint-train"
+    return [
+        ([train, "variant=nope"], "valid variant options"),
+        ([train, "layer=conv3d"], "valid layer options"),
+        ([train, "data=csv"], "valid data options"),
+        ([train, "trainer=fast"], "valid trainer options"),
+        ([train, "tracking=cloud"], "valid tracking options"),
+        ([train, "experiment=huge"], "valid experiment options"),
+        ([train, "seed=abc"], "seed: Value 'abc'"),
+        ([train, "seed=-1"], "seed=-1 is not allowed"),
+        ([train, "repeats=0"], "repeats=0 is not allowed"),
+        ([train, "layer.width=0"], "layer.width=0 is not allowed"),
+        ([train, "layer.width=wide"], "layer.width"),
+        ([train, "layer.kernel_size=-3"], "layer.kernel_size=-3 is not allowed"),
+        ([train, "data.n_samples=0"], "data.n_samples=0 is not allowed"),
+        ([train, "trainer.epochs=0"], "trainer.epochs=0 is not allowed"),
+        ([train, "trainer.batch_size=-1"], "trainer.batch_size=-1 is not allowed"),
+        ([train, "trainer.learning_rate=0"], "trainer.learning_rate=0.0 is not allowed"),
+        ([train, "trainer.optimizer=lbfgs"], "trainer.optimizer='lbfgs' is not allowed"),
+        ([train, "trainer.steps_per_execution=0"], "trainer.steps_per_execution=0 is not allowed"),
+        ([train, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not allowed"),
+        ([train, "trainer.probe_rows=-1"], "trainer.probe_rows=-1 is not allowed"),
+        ([train, "data.validation_split=1.5"], "data.validation_split=1.5 is not allowed"),
+        ([train, "deterministic=maybe"], "deterministic"),
+        ([train, "device=tpu"], "device='tpu' is not allowed"),
+        ([train, "device=gpu"], "device=gpu but TensorFlow sees no GPU"),
+        ([train, "no_such_key=1"], "no_such_key"),
+        ([train, "-m", "variant=duplicated,nope"], "valid variant options"),
+        ([train, "tracking.uri=ftp://example/x"], "is not supported"),
+        ([train, "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),
+        ([train, "-m", "variant=duplicated,shared", "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),
+        ([train, "tracking.uri=sqlite:////proc/layerprint/mlflow.db"], "cannot create the store folder"),
+        ([train, "data=npz"], "data=npz needs data.path"),
+        ([train, "data=npz", f"data.path={tmp / 'missing.npz'}"], "does not exist"),
+        ([train, "data=npz", f"data.path={text}"], "is not a readable .npz archive"),
+        ([train, "data=npz", f"data.path={wrong_keys}"], "'x'"),
+        (["layerprint", "compare", "--run-ids", "0123456789abcdef"], "does not exist in this tracking store"),
+        (["layerprint", "compare", "--experiment", "nope"], "experiment 'nope' does not exist"),
+        (["layerprint", "compare", "--parent", "feedbeef"], "parent run 'feedbeef' does not exist"),
+        (["layerprint", "compare", "--atol", "-1"], "--atol and --rtol must be >= 0"),
+        (["layerprint", "compare", "--format", "xml"], "invalid choice: 'xml'"),
+        (["layerprint", "compare", "--tracking-uri", "sqlite:////nonexistent-dir/x.db"], "no tracking store"),
+        (["layerprint", "claims", "--only", "C99"], "unknown claim id(s) C99"),
+        (["layerprint", "frobnicate"], "invalid choice: 'frobnicate'"),
+    ]
+
+
+def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, compare_store):
+    cases = _bad_inputs(tmp_path)
+    assert len(cases) >= 30
+
+    def check(index_case):
+        index, (args, fragment) = index_case
+        cwd = tmp_path / f"case{index}"
+        cwd.mkdir()
+        env = {"MLFLOW_TRACKING_URI": compare_store} if args[0] == "layerprint" and "--tracking-uri" not in args else {}
+        done = run_cli(args, cwd, env=env, timeout=180)
+        problems = []
+        if done.returncode == 0:
+            problems.append("exit 0")
+        if "Traceback" in done.stderr:
+            problems.append("traceback")
+        lines = done.stderr.strip().splitlines()
+        if not lines or fragment not in lines[-1] or ": error: " not in lines[-1]:
+            problems.append(f"last line {lines[-1] if lines else ''!r}")
+        store = cwd / "mlruns" / "mlflow.db"
+        if store.exists():
+            client = MlflowClient(f"sqlite:///{store}")
+            ids = [e.experiment_id for e in client.search_experiments()]
+            if [r for r in client.search_runs(ids) if r.info.status == "RUNNING"]:
+                problems.append("a run left RUNNING")
+        return (" ".join(args[:3]), problems) if problems else None
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        failures = [f for f in pool.map(check, enumerate(cases)) if f]
+    assert not failures, failures
+    client = MlflowClient(compare_store)
+    assert all(r.info.status == "FINISHED" for r in client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, client):
+    fits = [_fit(sqlite_uri, "concurrent", tmp_path / f"run_id{i}", "--steps", "40") for i in range(4)]
+    results = [fit.communicate(timeout=300) for fit in fits]
+    for fit, (out, err) in zip(fits, results):
+        assert fit.returncode == 0 and out.startswith("done"), err[-3000:]
+        assert "locked" not in err and "did not take" not in err
+    runs = client.search_runs([client.get_experiment_by_name("concurrent").experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 81))
+        assert _steps(client, run.info.run_id, BN_MEAN) == list(range(1, 81))
+        assert len(client.list_artifacts(run.info.run_id, "layerprint")) == 5
+    assert not _spool_files(tmp_path)
+
+
+SECRETS = {"MLFLOW_TRACKING_USERNAME": "bob-the-user", "MLFLOW_TRACKING_PASSWORD": "env-s3cret-pw",
+           "MLFLOW_TRACKING_TOKEN": "tok-s3cret-123"}
+URI_PASSWORD = "uri-s3cret-pw"
+
+
+def _leaks(text):
+    return [s for s in (*SECRETS.values(), URI_PASSWORD, "alice:") if s in text]
+
+
+def test_credentials_never_reach_params_tags_artifacts_console_or_spool(tmp_path, mlflow_server):
+    with_creds = mlflow_server.uri.replace("http://", f"http://alice:{URI_PASSWORD}@")
+    done = run_cli(["layerprint-train", "-m", "variant=duplicated,shared", "layer=dense", "device=cpu",
+                    "trainer.epochs=1", "data.n_samples=32", f"tracking.uri={with_creds}"], tmp_path, env=SECRETS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not [line for line in (done.stdout + done.stderr).splitlines() if _leaks(line)]
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
+    assert len(runs) == 3
+    for run in runs:
+        assert not _leaks(json.dumps([run.data.params, run.data.tags, list(run.data.metrics), run.info.run_name]))
+        local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl" / run.info.run_id)))
+        for path in local.rglob("*"):
+            if path.is_file():
+                assert not _leaks(path.read_bytes().decode("latin-1")), path
+    # The spool, the callback's console output and the sink's warning, against a dead server.
+    dead = f"http://alice:{URI_PASSWORD}@127.0.0.1:{free_port()}"
+    fit = _fit(dead, "offline", tmp_path / "run_id", "--steps", "4",
+               env={**SECRETS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    out, err = fit.communicate(timeout=300)
+    assert fit.returncode == 0, err[-3000:]
+    assert not [line for line in (out + err).splitlines() if _leaks(line)]
+    spooled = _spool_files(tmp_path)
+    assert spooled and not [p for p in spooled if _leaks(p.read_bytes().decode("latin-1"))]
+
+
+def test_hostile_layer_names_stay_inside_the_run_artifact_folder(tmp_path, sqlite_uri, client):
+    before = {p for p in tmp_path.rglob("*")}
+    # Keras refuses '/' in layer names, so '..' parts are the way out: a block named '..' holding
+    # layers named '..' gives variable paths like '../../moving_mean'.
+    block = keras.Sequential([keras.layers.Dense(4, name=".."), keras.layers.BatchNormalization(name="...")], name="..")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(block(inputs)))
+    model.compile("sgd", "mse")
+    mlflow.set_tracking_uri(sqlite_uri)
+    model.fit(np.ones((8, 3)), np.ones(8), epochs=1, verbose=0,
+              callbacks=[LayerprintCallback(experiment_name="hostile", strict=True)])
+    (run,) = client.search_runs([client.get_experiment_by_name("hostile").experiment_id])
+    artifact_root = Path(run.info.artifact_uri.replace("file://", ""))
+    created = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    assert created and all(p.is_relative_to(tmp_path / "store") for p in created)
+    outside = [p for p in created if p.is_relative_to(tmp_path / "store" / "artifacts") and not p.is_relative_to(artifact_root)]
+    assert not outside
+    assert not list(tmp_path.parent.glob("x")) and not (tmp_path / "x").exists()
+    assert all(".." not in key.split("/") for key in run.data.metrics)
+    for name in ("weights_final.npz", "batchnorm.npz"):
+        with np.load(artifact_root / "layerprint" / name) as archive:
+            assert all(".." not in member.split("/") for member in archive.files), archive.files
+
+
+def test_every_server_we_start_or_document_binds_loopback():
+    from layerprint.sweep import ui_command
+
+    assert "--host 127.0.0.1" in ui_command("sqlite:////tmp/x.db")
+    commands = []
+    for path in [REPO / "README.md", REPO / "Makefile", *REPO.glob("scripts/*.py"), *REPO.glob("conf/**/*.yaml"),
+                 *REPO.glob("src/layerprint/*.py"), *REPO.glob("tests/*.py"), *REPO.glob("benchmarks/*.py")]:
+        text = path.read_text()
+        for match in re.finditer(r"mlflow[\"']?,?\s*[\"']?(server|ui)\b", text):
+            if path.suffix == ".py":
+                command = text[match.start():match.start() + 400]  # the argument list that follows
+            else:
+                lines = text[match.start():].split("\n")
+                end = next((i for i, line in enumerate(lines) if not line.endswith("\\")), len(lines) - 1)
+                command = "\n".join(lines[:end + 1])  # with its backslash-continued lines
+            if "--" in command.split("`")[0] and "--help" not in command and "test_every_server" not in command:
+                commands.append((path.name, command))
+    assert len(commands) >= 6, commands
+    for name, command in commands:
+        assert re.search(r"--host[\"',\s]+127\.0\.0\.1", command), f"{name}: {command}"
