@@ -84,7 +84,7 @@ class SweepParentRun(Callback):
             f"\nSweep parent run: {self.parent_run_id} ({strip_credentials(self.uri)})\n"
             f"Compare again:    layerprint compare --tracking-uri {strip_credentials(self.uri)} --parent {self.parent_run_id}\n"
             f"Open the UI:      {ui_command(self.uri)}\n"
-            f"                  then http://127.0.0.1:5000/#/experiments/{experiment_id}"
+            f"                  then {ui_address(self.uri)}/#/experiments/{experiment_id}"
         )
 
     def _failed_jobs(self) -> list[str]:
@@ -158,6 +158,13 @@ def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     thread = threading.Thread(target=warm, name="layerprint-warm-workers", daemon=True)
     thread.start()
     return thread
+
+
+def ui_address(uri: str) -> str:
+    """Where the UI of a store is: the server itself, or the local ``mlflow ui`` of ``ui_command``."""
+    if uri.startswith(("http://", "https://")):
+        return strip_credentials(uri).rstrip("/")
+    return "http://127.0.0.1:5000"
 
 
 def ui_command(uri: str) -> str:
