@@ -102,32 +102,22 @@ class SweepParentRun(Callback):
 
 
 def _warm_up_worker(parallel_jobs: int) -> int:
-    """Run in a fresh worker: import what every job needs (TensorFlow, Keras, MLflow, the runner),
-    give TensorFlow its share of the cores, and train a two-step throwaway model so that TensorFlow's
-    runtime and Keras's first-call paths are initialized before the first job arrives.
-
-    The throwaway model changes nothing a job depends on: jobs name every layer themselves, seed
-    Keras themselves with ``deterministic=true``, and fingerprint paths do not hold auto-numbered names.
-    """
-    import keras
+    """Run in a fresh worker: import what every job needs (TensorFlow, Keras, MLflow, the runner)
+    and give TensorFlow its share of the cores before it starts."""
+    import keras  # noqa: F401
     import mlflow  # noqa: F401
-    import numpy as np
 
     import layerprint.callback  # noqa: F401
     import layerprint.train  # noqa: F401
     from layerprint.runtime import share_cpu_threads
 
     share_cpu_threads(parallel_jobs)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile("adam", "mse")
-    model.fit(np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32"), batch_size=2, verbose=0)
-    keras.backend.clear_session()
     return os.getpid()
 
 
 def start_joblib_workers(launcher: Any) -> threading.Thread | None:
-    """Start the joblib launcher's worker processes now, in the background, and have them import and
-    initialize TensorFlow, Keras and MLflow while this process opens the store and the parent run.
+    """Start the joblib launcher's worker processes now, in the background, and have them import
+    TensorFlow, Keras and MLflow while this process opens the store and the parent run.
 
     joblib keeps one reusable loky executor per configuration; started with the launcher's own
     arguments, the jobs later run on these warm workers instead of starting cold ones (about 6 s of

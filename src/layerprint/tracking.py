@@ -1,10 +1,10 @@
 """Getting points into MLflow without slowing training or losing them.
 
-``RunSink`` takes metrics, params, tags and artifacts from the training thread (appending to a list
-under a lock: microseconds) and a background thread sends them with ``MlflowClient.log_batch`` in
-chunks within MLflow's limits (1,000 metrics, 100 params, 100 tags a request). A chunk the store
-refuses or cannot take is written to the local spool instead, with its original timestamps, and one
-warning is printed. ``sync`` replays the spool later; MLflow's SQL stores drop a metric whose key,
+``RunSink`` takes metrics, params, tags and artifact files from the training thread (appending to a
+list under a lock: microseconds) and a background thread sends them: points with
+``MlflowClient.log_batch`` in chunks within MLflow's limits (1,000 metrics, 100 params, 100 tags a
+request), files with ``log_artifact``. A chunk the store refuses or cannot take is written to the
+local spool instead, with its original timestamps, and one warning is printed. ``sync`` replays the spool later; MLflow's SQL stores drop a metric whose key,
 step, timestamp and value are already stored, so replaying is idempotent and nothing lands twice.
 
 MLflow's own async logging is not used for this: its queue is unbounded and a failed batch is
@@ -236,6 +236,8 @@ class RunSink:
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._inflight: tuple[list, dict, dict] | None = None
+        self._artifacts: list[tuple[Path, str | None]] = []  # files to upload, oldest first
+        self._artifact_inflight: tuple[Path, str | None] | None = None
         self._wake = threading.Event()
         self._closing = False
         self._warned = False
@@ -268,17 +270,14 @@ class RunSink:
             self._tags.update({k: _truncate(v, MAX_TAG_VALUE) for k, v in tags.items()})
 
     def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        """Upload a file now (called at train begin and end, not per step); spooled on failure."""
+        """Queue a file for upload by the background thread (spooled if the upload fails). The file
+        must stay in place until ``flush`` or ``close`` returns."""
         if self._offline:
             self._spool_artifact(Path(local_path), artifact_path)
             return
-        try:
-            self._mlflow_client().log_artifact(self.run_id, str(local_path), artifact_path)
-        except Exception as error:  # noqa: BLE001 - any store failure must not reach training
-            if self.strict:
-                raise
-            self._note_failure(error)
-            self._spool_artifact(Path(local_path), artifact_path)
+        with self._lock:
+            self._artifacts.append((Path(local_path), artifact_path))
+        self._wake.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything queued so far; True when it was all sent or spooled within ``timeout``."""
@@ -286,7 +285,8 @@ class RunSink:
         self._wake.set()
         while time.monotonic() < deadline:
             with self._lock:
-                idle = not (self._metrics or self._params or self._tags) and self._inflight is None
+                idle = (not (self._metrics or self._params or self._tags or self._artifacts)
+                        and self._inflight is None and self._artifact_inflight is None)
             if idle:
                 return True
             time.sleep(0.01)
@@ -302,6 +302,10 @@ class RunSink:
             leftovers = (self._metrics, self._params, self._tags)
             self._metrics, self._params, self._tags = [], {}, {}
             inflight = self._inflight
+            files = ([self._artifact_inflight] if self._artifact_inflight else []) + self._artifacts
+            self._artifacts, self._artifact_inflight = [], None
+        for local_path, artifact_path in files:
+            self._spool_artifact(local_path, artifact_path)
         # Whatever the thread still holds is spooled too; should its request succeed later, the
         # replay is dropped by the store as a duplicate.
         for metrics, params, tags in ([inflight] if inflight else []) + [leftovers]:
@@ -361,15 +365,45 @@ class RunSink:
                 self._send(*batch)
                 with self._lock:
                     self._inflight = None
+            self._send_artifacts()
             if self._closing:
                 return
+
+    def _call(self, method: str, *args: Any) -> None:
+        """One MLflow call: ``log_artifact(run_id, path, artifact_path)`` or
+        ``log_batch(run_id, metric tuples, param pairs, tag pairs)``."""
+        client = self._mlflow_client()
+        if method == "log_artifact":
+            client.log_artifact(*args)
+            return
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id, metrics, params, tags = args
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics],
+                         params=[Param(k, v) for k, v in params], tags=[RunTag(k, v) for k, v in tags],
+                         synchronous=True)
+
+    def _send_artifacts(self) -> None:
+        while True:
+            with self._lock:
+                if not self._artifacts or self._closing:
+                    return
+                self._artifact_inflight = self._artifacts.pop(0)
+            local_path, artifact_path = self._artifact_inflight
+            try:
+                self._call("log_artifact", self.run_id, str(local_path), artifact_path)
+            except Exception as error:  # noqa: BLE001 - any store failure must not reach training
+                if self.strict:
+                    self.stats.errors.append(repr(error))
+                self._note_failure(error)
+                self._spool_artifact(local_path, artifact_path)
+            with self._lock:
+                self._artifact_inflight = None
 
     def _send(self, metrics: list, params: dict, tags: dict) -> None:
         if self._offline:
             self._spool_batch(metrics, params, tags)
             return
-        from mlflow.entities import Metric, Param, RunTag
-
         param_items, tag_items = list(params.items()), list(tags.items())
         n_chunks = max(
             -(-len(metrics) // MAX_METRICS_PER_BATCH),
@@ -381,13 +415,7 @@ class RunSink:
             chunk_p = param_items[i * MAX_PARAMS_PER_BATCH : (i + 1) * MAX_PARAMS_PER_BATCH]
             chunk_t = tag_items[i * MAX_TAGS_PER_BATCH : (i + 1) * MAX_TAGS_PER_BATCH]
             try:
-                self._mlflow_client().log_batch(
-                    self.run_id,
-                    metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk_m],
-                    params=[Param(k, v) for k, v in chunk_p],
-                    tags=[RunTag(k, v) for k, v in chunk_t],
-                    synchronous=True,
-                )
+                self._call("log_batch", self.run_id, chunk_m, chunk_p, chunk_t)
                 self.stats.metrics_sent += len(chunk_m)
             except Exception as error:  # noqa: BLE001
                 if self.strict:

@@ -356,10 +356,13 @@ def main() -> None:
         cfg = check_overrides(sys.argv[1:])
         if {"-m", "--multirun"} & set(sys.argv[1:]):
             # Hydra turns a failing sweep callback into a warning and runs the jobs anyway: check the
-            # store here, so that an unreachable or unwritable one stops the sweep in one line.
-            from layerprint.tracking import resolve_tracking_uri
+            # store here (cheaply: MLflow itself is imported later, while parallel workers start), so
+            # that an unreachable or unwritable one stops the sweep in one line.
+            from layerprint.tracking import ensure_sqlite_parent, resolve_tracking_uri
 
-            open_store(resolve_tracking_uri(cfg.tracking.uri))
+            uri = resolve_tracking_uri(cfg.tracking.uri)
+            ensure_sqlite_parent(uri)
+            _check_server_reachable(uri)
     except LayerprintError as error:
         print(f"layerprint-train: error: {_redact(str(error))}", file=sys.stderr)
         sys.exit(2)
