@@ -33,6 +33,16 @@ def _legend_by_variant(fig: Any, colours: dict[str, Any]) -> None:
                frameon=False)
 
 
+def _save(fig: Any, path: Path, colours: dict[str, Any] | None = None) -> Path:
+    """Add the variant legend (outside the axes) when given colours, write the PNG, free the figure."""
+    if colours is not None:
+        _legend_by_variant(fig, colours)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curves(records: list[Any], path: Path) -> Path:
     """Per-step loss of every run, one panel per layer kind, coloured by variant."""
     colours = variant_colours(records)
@@ -51,11 +61,7 @@ def plot_loss_curves(records: list[Any], path: Path) -> Path:
         if all(v > 0 for r in records if (r.layer or "?") == layer for v in r.loss.values() if np.isfinite(v)):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    _legend_by_variant(fig, colours)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, colours)
 
 
 def plot_batchnorm(records: list[Any], path: Path) -> Path | None:
@@ -78,11 +84,7 @@ def plot_batchnorm(records: list[Any], path: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    _legend_by_variant(fig, colours)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, colours)
 
 
 def plot_distance_heatmap(report: dict[str, Any], path: Path) -> Path | None:
@@ -104,10 +106,7 @@ def plot_distance_heatmap(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_yticks(range(len(pairs)), [f"{names[p['a']]} vs {names[p['b']]}" for p in pairs], fontsize=7)
     ax.set_title("final weight distance per layer (blank: layer not in both runs)", fontsize=9)
     fig.colorbar(image, ax=ax, label="L2 distance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_init_matrix(report: dict[str, Any], path: Path) -> Path:
@@ -127,10 +126,7 @@ def plot_init_matrix(report: dict[str, Any], path: Path) -> Path:
             for j in range(n):
                 ax.text(j, i, "=" if equal[i, j] else "", ha="center", va="center", fontsize=7)
     ax.set_title("identical initial weights (=)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path) -> list[Path]:

@@ -7,12 +7,15 @@ hands over to Hydra, so ``-m`` sweeps, launchers and callbacks work as in any Hy
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from importlib.resources import files
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -136,15 +139,18 @@ def train(cfg: Any) -> dict[str, Any]:
         callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=params,
                                       log_every_n_steps=cfg.trainer.log_every_n_steps,
                                       probe_batch=x[: cfg.trainer.probe_rows] if cfg.trainer.probe_rows else None)
-        history = model.fit(
-            x, y,
-            epochs=cfg.trainer.epochs,
-            batch_size=cfg.trainer.batch_size,
-            validation_split=cfg.data.validation_split,
-            shuffle=False,
-            verbose=0,
-            callbacks=[callback, keras.callbacks.TerminateOnNaN()],
-        )
+        with _stop_on_interrupt(model) as interrupted:
+            history = model.fit(
+                x, y,
+                epochs=cfg.trainer.epochs,
+                batch_size=cfg.trainer.batch_size,
+                validation_split=cfg.data.validation_split,
+                shuffle=False,
+                verbose=0,
+                callbacks=[callback, keras.callbacks.TerminateOnNaN()],
+            )
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         final_loss = float(history.history["loss"][-1])
         status = "FINISHED" if math.isfinite(final_loss) else "FAILED"
         if status == "FAILED":
@@ -169,6 +175,31 @@ def train(cfg: Any) -> dict[str, Any]:
         "final_fingerprint": callback.final_fingerprint["model"] if callback.final_fingerprint else None,
         "final_loss": final_loss,
     }
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(model: Any) -> Iterator[threading.Event]:
+    """Turn the first SIGINT (Ctrl-C) during ``fit`` into ``model.stop_training``: the step in flight
+    ends, the callback logs it and ``fit`` returns; the caller then ends the run KILLED. (A
+    KeyboardInterrupt raised inside TensorFlow's input pipeline can end an epoch early instead of
+    stopping ``fit``.) A second Ctrl-C interrupts at once. Outside the main thread: nothing changes.
+    """
+    interrupted = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        interrupted.set()
+        model.stop_training = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not the main thread (some launchers' workers)
+        yield interrupted
+        return
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 register_configs()
