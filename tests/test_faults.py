@@ -191,6 +191,7 @@ def _bad_inputs(tmp):
         ([train, "device=gpu"], "device=gpu but TensorFlow sees no GPU"),
         ([train, "no_such_key=1"], "no_such_key"),
         ([train, "-m", "variant=duplicated,nope"], "valid variant options"),
+        ([train, "-m", "hydra/launcher=slurmx"], "valid options: basic, joblib"),
         ([train, "tracking.uri=ftp://example/x"], "is not supported"),
         ([train, "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),
         ([train, "-m", "variant=duplicated,shared", "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),

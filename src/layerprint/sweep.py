@@ -72,6 +72,7 @@ class SweepParentRun(Callback):
             for path in write_report(report, out_dir, records):
                 self.client.log_artifact(self.parent_run_id, str(path), "compare")
             print("\n" + format_table(report))
+            print(f"\nReport and plots: {out_dir} (also in the parent run, under compare/)")
         failed_jobs[:] = self._failed_jobs()
         if failed_jobs:
             self.client.set_tag(self.parent_run_id, keys.TAG_FAILED_JOBS, "; ".join(failed_jobs)[:5000])

@@ -369,20 +369,6 @@ class RunSink:
             if self._closing:
                 return
 
-    def _call(self, method: str, *args: Any) -> None:
-        """One MLflow call: ``log_artifact(run_id, path, artifact_path)`` or
-        ``log_batch(run_id, metric tuples, param pairs, tag pairs)``."""
-        client = self._mlflow_client()
-        if method == "log_artifact":
-            client.log_artifact(*args)
-            return
-        from mlflow.entities import Metric, Param, RunTag
-
-        run_id, metrics, params, tags = args
-        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics],
-                         params=[Param(k, v) for k, v in params], tags=[RunTag(k, v) for k, v in tags],
-                         synchronous=True)
-
     def _send_artifacts(self) -> None:
         while True:
             with self._lock:
@@ -391,7 +377,7 @@ class RunSink:
                 self._artifact_inflight = self._artifacts.pop(0)
             local_path, artifact_path = self._artifact_inflight
             try:
-                self._call("log_artifact", self.run_id, str(local_path), artifact_path)
+                self._mlflow_client().log_artifact(self.run_id, str(local_path), artifact_path)
             except Exception as error:  # noqa: BLE001 - any store failure must not reach training
                 if self.strict:
                     self.stats.errors.append(repr(error))
@@ -404,6 +390,8 @@ class RunSink:
         if self._offline:
             self._spool_batch(metrics, params, tags)
             return
+        from mlflow.entities import Metric, Param, RunTag
+
         param_items, tag_items = list(params.items()), list(tags.items())
         n_chunks = max(
             -(-len(metrics) // MAX_METRICS_PER_BATCH),
@@ -415,7 +403,13 @@ class RunSink:
             chunk_p = param_items[i * MAX_PARAMS_PER_BATCH : (i + 1) * MAX_PARAMS_PER_BATCH]
             chunk_t = tag_items[i * MAX_TAGS_PER_BATCH : (i + 1) * MAX_TAGS_PER_BATCH]
             try:
-                self._call("log_batch", self.run_id, chunk_m, chunk_p, chunk_t)
+                self._mlflow_client().log_batch(
+                    self.run_id,
+                    metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk_m],
+                    params=[Param(k, v) for k, v in chunk_p],
+                    tags=[RunTag(k, v) for k, v in chunk_t],
+                    synchronous=True,
+                )
                 self.stats.metrics_sent += len(chunk_m)
             except Exception as error:  # noqa: BLE001
                 if self.strict:

@@ -314,10 +314,12 @@ def check_overrides(argv: list[str]) -> Any:
         parsed = OverridesParser.create().parse_overrides(candidates)
     except HydraException as error:
         raise ConfigError(f"cannot parse overrides: {_first_line(error)}") from None
-    plain, sweeps = [], []
+    plain, sweeps, hydra_groups = [], [], []
     for override in parsed:
         key = override.get_key_element()
         if key.lstrip("+~").startswith("hydra"):
+            if key.lstrip("+~").startswith("hydra/") and not override.is_sweep_override():
+                hydra_groups.append(override.input_line)  # hydra/launcher=joblib: the option must exist
             continue
         if override.is_sweep_override():
             sweeps.append((override, [str(v) for v in override.sweep_string_iterator()]))
@@ -337,8 +339,10 @@ def check_overrides(argv: list[str]) -> Any:
     GlobalHydra.instance().clear()
     composed = []
     with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
-        for overrides in variations:
+        for index, overrides in enumerate(variations):
             try:
+                if index == 0 and hydra_groups:
+                    compose(config_name=CONFIG_NAME, overrides=overrides + hydra_groups, return_hydra_config=True)
                 cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
             except (HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(_composition_message(error)) from None
@@ -369,6 +373,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def _composition_message(error: BaseException) -> str:
+    text = str(error)
+    if "Available options in" in text:  # Hydra's missing-option message: one line with the choices
+        listed = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
+        choices = [line.strip() for line in listed.splitlines() if line.startswith("\t")]
+        return f"{_first_line(error)}; valid options: {', '.join(choices)}"
     cause = error.__cause__ or error
     detail = _first_line(cause)
     key = getattr(cause, "full_key", None)
