@@ -232,7 +232,8 @@ class LayerprintCallback(keras.callbacks.Callback):
         variables = unique_variables(self.model)
         if sum(int(np.prod(v.shape)) for v in variables) <= self.max_weights_artifact_params:
             path = Path(self._tmp.name) / keys.WEIGHTS_FINAL
-            np.savez(path, **{keys.sanitize_key(self._paths[id(v)]): np.asarray(v.numpy()) for v in variables})
+            paths = variable_paths(self.model)
+            np.savez(path, **{keys.sanitize_key(paths[id(v)]): np.asarray(v.numpy()) for v in variables})
             self.sink.log_artifact(path, keys.ARTIFACT_DIR)
         if self._bn_layers:
             path = Path(self._tmp.name) / keys.BATCHNORM
