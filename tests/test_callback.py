@@ -188,3 +188,33 @@ def test_mirrored_strategy_on_two_logical_cpus(sqlite_uri, client):
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 8
     assert "bn/batch_normalization/moving_variance/max" in run.data.metrics
+
+
+_JAX = """
+import json, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import keras, mlflow, numpy as np
+from layerprint import LayerprintCallback
+mlflow.set_tracking_uri(sys.argv[1])
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+model.compile("adam", "mse")
+x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+model.fit(x, x.sum(1), epochs=1, batch_size=8, verbose=0, callbacks=[LayerprintCallback(strict=True)])
+print(json.dumps({"backend": keras.backend.backend(), "final_mean": float(np.mean(model.layers[1].moving_mean.numpy()))}))
+"""
+
+
+@pytest.mark.slow
+def test_jax_backend_batchnorm_summaries_follow_the_trained_state(sqlite_uri, client):
+    # On JAX, Keras keeps the trained state off the variables during an epoch (it even purges them);
+    # the callback must sync it at every logged step, not read stale or purged variables.
+    done = subprocess.run([sys.executable, "-c", _JAX, sqlite_uri], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax"
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == "FINISHED"
+    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "bn/batch_normalization/moving_mean/mean"), key=lambda m: m.step)]
+    assert len(history) == 4 and len(set(history)) == 4  # one value per step, each step's own
+    assert history[-1] == pytest.approx(result["final_mean"], rel=1e-6)

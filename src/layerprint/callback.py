@@ -205,7 +205,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         points = {self._step_key(name): float(value) for name, value in logs.items() if _is_number(value)}
         if self._non_finite_step is None and not np.isfinite(points.get(self._step_key("loss"), 0.0)):
             self._non_finite_step = step
-        points.update(self._bn_reader.summaries())
+        if self._bn_layers:
+            _ = self.model  # on the JAX backend, reading `model` syncs the trained state into the variables
+            points.update(self._bn_reader.summaries())
         self.sink.log_metrics(points, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
