@@ -7,14 +7,26 @@ mlflow.keras.MlflowCallback(log_every_n_steps=1) and keras.callbacks.TensorBoard
 Prints the median fit time of each and its ratio to the baseline (target, issue 3: <= 1.05x), and
 LayerprintCallback's fixed cost per fit (train begin + train end: fingerprints, artifacts, final
 flush), timed separately in the same run.
+
+It also measures the floor that the store sets: MLflow's own ``MlflowClient.log_batch`` writing the
+same points (replayed from one LayerprintCallback run) into the same SQLite store, alone, in CPU
+seconds. Where TensorFlow already keeps every core busy, no callback that sends every point can
+do better than ``1 + floor / baseline fit``.
+
+Run: ``.venv/bin/python benchmarks/callback_overhead.py [--device cpu|gpu] [--rounds N]``. With
+``--device gpu`` the fit runs on the first GPU of whatever Keras backend ``KERAS_BACKEND`` selects;
+configurations the backend cannot run (``TensorBoard`` needs TensorFlow) are skipped with a note.
 """
 
+import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+if "--device" not in sys.argv or sys.argv[sys.argv.index("--device") + 1] == "cpu":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
@@ -70,7 +82,12 @@ def timed_fit(make_callbacks, x, y, tmp) -> float:
     return elapsed
 
 
-def main(rounds: int = 7) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--rounds", type=int, default=7)
+    rounds = parser.parse_args().rounds
+    print(f"backend {keras.backend.backend()}, device {_device_name()}")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(STEPS * BATCH, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=STEPS * BATCH)
@@ -83,10 +100,14 @@ def main(rounds: int = 7) -> None:
             "mlflow.keras.MlflowCallback": lambda t: [_mlflow_callback()],
             "TensorBoard(histogram_freq=1)": lambda t: [keras.callbacks.TensorBoard(os.path.join(t, "tb"), histogram_freq=1)],
         }
+        if keras.backend.backend() != "tensorflow":
+            print("TensorBoard(histogram_freq=1) skipped: it writes through TensorFlow's summary API")
+            del configs["TensorBoard(histogram_freq=1)"]
         times = {name: [] for name in configs}
         for _ in range(rounds):
             for name, make in configs.items():
                 times[name].append(timed_fit(make, x, y, tmp))
+        floor_cpu, points = store_floor()
     base = statistics.median(times["none"])
     for name, values in times.items():
         median = statistics.median(values)
@@ -94,6 +115,41 @@ def main(rounds: int = 7) -> None:
     fixed = statistics.median(t.fixed for t in FIXED_COSTS)
     print(f"layerprint fixed cost per fit (train begin + end) = {fixed:.3f}s; "
           f"per-step ratio without it = {(statistics.median(times['layerprint']) - fixed) / base:.3f}")
+    print(f"store floor: MlflowClient.log_batch of the same {points} points alone = {floor_cpu:.3f} s CPU "
+          f"= {floor_cpu / base:.3f} of the baseline fit, so >= {1 + floor_cpu / base:.3f}x wherever the fit "
+          f"keeps every core busy ({os.cpu_count()} CPUs here)")
+
+
+def store_floor() -> tuple[float, int]:
+    """CPU seconds MLflow's store takes to write one LayerprintCallback run's points, alone.
+
+    Returns:
+        (CPU seconds of ``log_batch`` calls in chunks of 1,000, number of points).
+    """
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    source = next(run for run in client.search_runs(["0"]) if any(k.startswith("bn/") for k in run.data.metrics))
+    points = [Metric(m.key, m.value, m.timestamp, m.step)
+              for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
+    target = client.create_run("0").info.run_id
+    start = time.process_time()
+    for i in range(0, len(points), 1000):
+        client.log_batch(target, metrics=points[i:i + 1000], synchronous=True)
+    return time.process_time() - start, len(points)
+
+
+def _device_name() -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return str(jax.devices()[0])
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return str((tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name)
+    return keras.backend.backend()
 
 
 def _timed_layerprint():
