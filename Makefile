@@ -10,6 +10,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# JAX for the JAX-backend test only, kept out of site-packages: TensorFlow imports jax whenever
+	# it can (tensorflow/lite), which costs every TensorFlow import about 0.8 s.
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/jax-site "jax>=0.4.34" "jaxlib>=0.4.34"
 	touch $@
 
 demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and the UI command

@@ -1,6 +1,9 @@
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import mlflow
@@ -209,7 +212,11 @@ print(json.dumps({"backend": keras.backend.backend(), "final_mean": float(np.mea
 def test_jax_backend_batchnorm_summaries_follow_the_trained_state(sqlite_uri, client):
     # On JAX, Keras keeps the trained state off the variables during an epoch (it even purges them);
     # the callback must sync it at every logged step, not read stale or purged variables.
-    done = subprocess.run([sys.executable, "-c", _JAX, sqlite_uri], capture_output=True, text=True, timeout=300)
+    # `make test` installs JAX into <venv>/jax-site, away from TensorFlow (see the Makefile).
+    jax_site = Path(sys.prefix) / "jax-site"
+    assert importlib.util.find_spec("jax") or jax_site.is_dir(), f"JAX is needed: `make test` installs it into {jax_site}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(jax_site), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _JAX, sqlite_uri], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax"
