@@ -24,11 +24,16 @@ LayerprintCallback with its points dropped instead of sent.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-if "--device" not in sys.argv or sys.argv[sys.argv.index("--device") + 1] == "cpu":
+PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PARSER.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+PARSER.add_argument("--rounds", type=int, default=7)
+PARSER.add_argument("--breakdown", action="store_true")
+ARGS = PARSER.parse_args()  # before Keras is imported: --device cpu hides the GPUs
+
+if ARGS.device == "cpu":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -114,12 +119,7 @@ def timed_fit(make_callbacks, x, y, tmp) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--breakdown", action="store_true")
-    args = parser.parse_args()
-    rounds = args.rounds
+    args, rounds = ARGS, ARGS.rounds
     print(f"backend {keras.backend.backend()}, device {_device_name()}")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(STEPS * BATCH, 32, 32, 3)).astype("float32")

@@ -117,6 +117,10 @@ def _warm_up_worker(parallel_jobs: int) -> int:
     return os.getpid()
 
 
+def _is_joblib(launcher: Any) -> bool:
+    return str(launcher.get("_target_", "")).endswith("JoblibLauncher")
+
+
 def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     """Start the joblib launcher's worker processes now, in the background, and have them import
     TensorFlow, Keras and MLflow while this process opens the store and the parent run.
@@ -128,7 +132,7 @@ def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     Returns:
         The thread that started the workers, or None.
     """
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+    if not _is_joblib(launcher):
         return None
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
@@ -159,7 +163,7 @@ def stop_joblib_workers(launcher: Any) -> None:
     sweep's wall time on the 2-core machine); killing idle workers loses nothing. Other launchers:
     nothing happens.
     """
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+    if not _is_joblib(launcher):
         return
     from joblib.externals.loky import reusable_executor
 
