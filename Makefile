@@ -4,15 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench example clean
+.PHONY: demo test test-fast bench example clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# JAX for the JAX-backend test only, kept out of site-packages: TensorFlow imports jax whenever
 	# it can (tensorflow/lite), which costs every TensorFlow import about 0.8 s.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/jax-site "jax>=0.4.34" "jaxlib>=0.4.34"
+	# PyTorch (CPU build) for the PyTorch-backend test, kept out the same way, with the pure-Python
+	# packages it needs that the venv does not have already.
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/torch-site "torch==2.13.0" "sympy>=1.13.3" "mpmath>=1.1" \
+		"networkx>=2.5.1" filelock "fsspec>=0.8.5"
+	# Keras 2 (tf_keras), to test what its users see: a warning, never a crash.
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/tfkeras-site "tf-keras~=2.21.0"
 	touch $@
 
 demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and the UI command
@@ -20,6 +26,9 @@ demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparis
 
 test: $(BIN)/.installed  ## every test, the slow ones too
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: $(BIN)/.installed  ## the tests not marked slow (unit and small end-to-end tests)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(BIN)/.installed  ## benchmarks; prints ratios measured in one run
 	$(BIN)/python benchmarks/callback_overhead.py

@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from layerprint.fingerprint import fingerprint_model, unique_variables  # noqa: E402
+from layerprint.inspection.fingerprint import fingerprint_model  # noqa: E402
+from layerprint.inspection.paths import unique_variables  # noqa: E402
 
 
 def main(repeats: int = 7) -> None:

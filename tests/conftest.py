@@ -2,10 +2,6 @@
 and spool folder; clears the Keras session between tests."""
 
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -14,8 +10,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers.processes import MlflowServer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +30,15 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def cfg_train():
+    """``cfg_train(*overrides, hydra=False)``: the runner's config composed as ``layerprint-train`` would
+    (Hydra's compose API; with ``hydra=True`` the ``hydra`` node too, for launcher options)."""
+    from layerprint.runner.overrides import compose_config
+
+    return lambda *overrides, hydra=False: compose_config(list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture
 def sqlite_uri(tmp_path):
     """A fresh SQLite store in the test's temp folder."""
     path = tmp_path / "store" / "mlflow.db"
@@ -47,59 +51,6 @@ def client(sqlite_uri):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(sqlite_uri)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_cli(args, cwd, env=None, timeout=300):
-    """Run a console script of this environment; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-class MlflowServer:
-    """A real ``mlflow server`` subprocess on 127.0.0.1 with a SQLite backend and proxied artifacts."""
-
-    def __init__(self, root, port=None):
-        self.root = Path(root)
-        self.port = port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process = None
-
-    def start(self, timeout=90):
-        import time
-        import urllib.request
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("mlflow server did not come up")
-
-    def kill(self, sig=None):
-        """Stop the server and every process it started (SIGKILL by default)."""
-        import signal
-
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, sig or signal.SIGKILL)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture

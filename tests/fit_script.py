@@ -55,7 +55,9 @@ def main():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d0"), keras.layers.BatchNormalization(name="bn"),
                               keras.layers.Dense(1, name="head")])
     model.compile("sgd", "mse")
-    lp = LayerprintCallback(tracking_uri=args.uri, experiment_name=args.experiment, flush_timeout=60)
+    # every step published: these tests prove that every point sent arrives once
+    lp = LayerprintCallback(tracking_uri=args.uri, experiment_name=args.experiment, flush_timeout=60,
+                            log_every_n_steps=1)
     pace = Pace(lp, args.run_id_file, args.sleep, args.nan_at)
     history = model.fit(x, y, epochs=2, batch_size=BATCH, shuffle=False, verbose=0,
                         callbacks=[lp, pace, keras.callbacks.TerminateOnNaN()])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from layerprint import LayerprintCallback, keys
+from layerprint.tracking.steps import read_steps
 
 
 def _data(n=32, features=4):
@@ -70,7 +71,11 @@ def test_batchnorm_metrics_and_npz_match_the_layer_variables(sqlite_uri, client)
         assert metrics[f"bn/{path}/moving_mean/mean"] == pytest.approx(float(mean.mean()), rel=1e-6)
         assert metrics[f"bn/{path}/moving_mean/max"] == pytest.approx(float(mean.max()), rel=1e-6)
         assert metrics[f"bn/{path}/moving_variance/std"] == pytest.approx(float(layer.moving_variance.numpy().std()), rel=1e-5)
-        assert len(client.get_metric_history(run_id, f"bn/{path}/moving_mean/min")) == 8
+        published = {m.step for m in client.get_metric_history(run_id, f"bn/{path}/moving_mean/min")}
+        assert {1, 4, 8} <= published <= set(range(1, 9))  # first, epoch ends, and what the budget allows
+        record = read_steps(client.download_artifacts(run_id, "layerprint/steps.parquet"))
+        assert list(record.columns["step"]) == list(range(1, 9))  # every step in the record
+        assert record.columns[f"bn/{path}/moving_mean/max"][-1] == pytest.approx(float(mean.max()), rel=1e-6)
     with np.load(client.download_artifacts(run_id, "layerprint/batchnorm.npz")) as npz:
         assert list(npz["epochs"]) == [0, 1, 2]
         np.testing.assert_array_equal(npz["bn_outer/moving_mean"][-1], model.get_layer("bn_outer").moving_mean.numpy())
@@ -139,7 +144,8 @@ def test_log_every_n_steps_and_probe_batch(sqlite_uri, client):
     cb = LayerprintCallback(log_every_n_steps=3, probe_batch=x[:2], strict=True)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
     (run,) = client.search_runs(["0"])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3, 6]
+    # every 3rd step, plus the first step and every epoch end (4 steps an epoch)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 3, 4, 6, 8]
     probe = _artifact_json(client, run.info.run_id, "probe.json")
     assert probe["epochs"] == [0, 1, 2]  # epoch 0: before training
     assert probe["l2_norm"][0] == pytest.approx(float(untrained), rel=1e-5)
@@ -198,30 +204,152 @@ import json, os, sys
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import keras, mlflow, numpy as np
+from mlflow.tracking import MlflowClient
 from layerprint import LayerprintCallback
+from layerprint.tracking.steps import read_steps
 mlflow.set_tracking_uri(sys.argv[1])
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-model.compile("adam", "mse")
 x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-model.fit(x, x.sum(1), epochs=1, batch_size=8, verbose=0, callbacks=[LayerprintCallback(strict=True)])
-print(json.dumps({"backend": keras.backend.backend(), "final_mean": float(np.mean(model.layers[1].moving_mean.numpy()))}))
+
+def model():
+    keras.utils.set_random_seed(5)
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn"),
+                          keras.layers.Dense(1)])
+    m.compile("adam", "mse")
+    return m
+
+class Truth(keras.callbacks.Callback):
+    # The reference: reading `self.model` syncs the trained state into the variables, then reads them.
+    def __init__(self):
+        super().__init__()
+        self.means = []
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(float(np.mean(self.model.get_layer("bn").moving_mean.numpy())))
+
+recorded_model = model()
+syncs = []
+original_sync = recorded_model.jax_state_sync
+def counted_sync():
+    if getattr(recorded_model, "_jax_state", None) and not recorded_model._jax_state_synced:
+        syncs.append(1)  # a real copy of the trainer's state into the variables
+    return original_sync()
+recorded_model.jax_state_sync = counted_sync
+recorded_model.fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[LayerprintCallback()])
+truth = Truth()
+model().fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[truth])
+client = MlflowClient(sys.argv[1])
+(run,) = client.search_runs(["0"])
+steps = read_steps(client.download_artifacts(run.info.run_id, "layerprint/steps.parquet"))
+print(json.dumps({"backend": keras.backend.backend(), "recorded": list(steps.series("bn/bn/moving_mean/mean").values()),
+                  "truth": truth.means, "syncs": len(syncs), "status": run.info.status}))
 """
 
 
 @pytest.mark.slow
-def test_jax_backend_batchnorm_summaries_follow_the_trained_state(sqlite_uri, client):
-    # On JAX, Keras keeps the trained state off the variables during an epoch (it even purges them);
-    # the callback must sync it at every logged step, not read stale or purged variables.
-    # `make test` installs JAX into <venv>/jax-site, away from TensorFlow (see the Makefile).
+def test_jax_backend_records_the_trained_state_without_a_sync_at_every_step(sqlite_uri, client):
+    # On JAX, Keras keeps the trained state in the trainer during an epoch (the variables are even
+    # purged); reading `Callback.model` would copy it all back at every step. The recorder reads the
+    # trainer's state instead: its per-step values must equal what a syncing reader sees, with no sync
+    # per step. `make test` installs JAX into <venv>/jax-site, away from TensorFlow (see the Makefile).
     jax_site = Path(sys.prefix) / "jax-site"
     assert importlib.util.find_spec("jax") or jax_site.is_dir(), f"JAX is needed: `make test` installs it into {jax_site}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(jax_site), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", _JAX, sqlite_uri], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "jax"
-    (run,) = client.search_runs(["0"])
-    assert run.info.status == "FINISHED"
-    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "bn/batch_normalization/moving_mean/mean"), key=lambda m: m.step)]
-    assert len(history) == 4 and len(set(history)) == 4  # one value per step, each step's own
-    assert history[-1] == pytest.approx(result["final_mean"], rel=1e-6)
+    assert result["backend"] == "jax" and result["status"] == "FINISHED"
+    assert len(result["recorded"]) == 8 and len(set(result["recorded"])) == 8  # every step, each its own value
+    assert result["recorded"] == pytest.approx(result["truth"], rel=1e-6, abs=1e-9)
+    assert result["syncs"] <= 2 * 2  # at most a couple per epoch (epoch-end work), never one per step
+
+
+def _fine_tuning_model():
+    base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="base_dense"),
+                             keras.layers.BatchNormalization(name="base_bn")], name="base")
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(1, name="head")(base(inputs))), base
+
+
+def _steps(client, run_id, key="train/loss"):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def test_two_fits_in_one_run_continue_steps_and_epochs(sqlite_uri, client):
+    # The fine-tuning habit: fit the head with the base frozen, unfreeze, compile, fit again, one run.
+    mlflow.set_tracking_uri(sqlite_uri)
+    model, base = _fine_tuning_model()
+    x, y = _data()
+    callback = LayerprintCallback(log_every_n_steps=1)
+    with mlflow.start_run() as run:
+        base.trainable = False
+        model.compile("adam", "mse")
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+        first_init = callback.initial_fingerprint["model"]
+        base.trainable = True
+        model.compile(keras.optimizers.Adam(1e-4), "mse")
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+        second_start = callback.initial_fingerprint["model"]
+    run_id = run.info.run_id
+    assert _steps(client, run_id) == list(range(1, 21))  # 4 steps an epoch, 2 + 3 epochs, no repeats
+    record = read_steps(client.download_artifacts(run_id, "layerprint/steps.parquet"))
+    assert list(record.columns["step"]) == list(range(1, 21)) and sorted(set(record.columns["epoch"])) == [1, 2, 3, 4, 5]
+    assert _steps(client, run_id, "epoch/loss") == [1, 2, 3, 4, 5]
+    assert _steps(client, run_id, "bn/base/base_bn/moving_mean/mean") == list(range(1, 21))
+    tags = client.get_run(run_id).data.tags
+    assert tags[keys.TAG_INIT_FINGERPRINT] == first_init != second_start
+    assert (tags[keys.TAG_FITS], tags[keys.TAG_LAST_STEP], tags[keys.TAG_LAST_EPOCH]) == ("2", "20", "5")
+    assert _artifact_json(client, run_id, "fingerprints_initial.json")["model"] == first_init
+    assert _artifact_json(client, run_id, "fit_2/fingerprints_initial.json")["model"] == second_start
+    assert tags[keys.TAG_FINAL_FINGERPRINT] == callback.final_fingerprint["model"]
+    with np.load(client.download_artifacts(run_id, "layerprint/batchnorm.npz")) as npz:
+        assert list(npz["epochs"]) == [0, 1, 2, 3, 4, 5]
+        np.testing.assert_array_equal(npz["base/base_bn/moving_mean"][-1], base.get_layer("base_bn").moving_mean.numpy())
+
+
+def test_a_new_callback_in_the_same_run_respects_initial_epoch(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model, _ = _fine_tuning_model()
+    model.compile("adam", "mse")
+    x, y = _data()
+    with mlflow.start_run() as run:
+        history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(log_every_n_steps=1)])
+        # Keras's resume idiom: continue the epoch count; and a later fit that skips ahead.
+        model.fit(x, y, epochs=4, initial_epoch=history.epoch[-1] + 1, batch_size=8, verbose=0,
+                  callbacks=[LayerprintCallback(log_every_n_steps=1)])
+        model.fit(x, y, epochs=7, initial_epoch=6, batch_size=8, verbose=0,
+                  callbacks=[LayerprintCallback(log_every_n_steps=1)])
+    assert _steps(client, run.info.run_id) == list(range(1, 21))
+    assert _steps(client, run.info.run_id, "epoch/loss") == [1, 2, 3, 4, 7]
+
+
+def test_a_run_continued_from_another_process_reads_its_progress_from_the_store(sqlite_uri, client):
+    from layerprint import callback as callback_module
+
+    mlflow.set_tracking_uri(sqlite_uri)
+    model, _ = _fine_tuning_model()
+    model.compile("adam", "mse")
+    x, y = _data()
+    with mlflow.start_run() as run:
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(probe_batch=x[:2])])
+    callback_module._PROGRESS.clear()  # what a new process knows: nothing but the store
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0,
+              callbacks=[LayerprintCallback(run_id=run.info.run_id, probe_batch=x[:2])])
+    run_id = run.info.run_id
+    assert set(_steps(client, run_id)) >= {1, 4, 8, 9, 12} and len(_steps(client, run_id)) == len(set(_steps(client, run_id)))
+    record = read_steps(client.download_artifacts(run_id, "layerprint/steps.parquet"))
+    assert list(record.columns["step"]) == list(range(1, 13))  # the record continued from the store
+    assert _steps(client, run_id, "epoch/loss") == [1, 2, 3]
+    assert _artifact_json(client, run_id, "probe.json")["epochs"] == [0, 1, 2, 3]
+    with np.load(client.download_artifacts(run_id, "layerprint/batchnorm.npz")) as npz:
+        assert list(npz["epochs"]) == [0, 1, 2, 3]
+
+
+def test_a_run_the_callback_starts_belongs_to_one_fit(sqlite_uri, client):
+    mlflow.set_tracking_uri(sqlite_uri)
+    model, _ = _fine_tuning_model()
+    model.compile("adam", "mse")
+    callback = LayerprintCallback()
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    runs = client.search_runs(["0"])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert [_steps(client, r.info.run_id) for r in runs] == [[1, 2, 3, 4], [1, 2, 3, 4]]

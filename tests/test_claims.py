@@ -9,11 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli
+from helpers.processes import run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
-from layerprint.claims import CATALOGUE, run_claims
+from layerprint.analysis.claims import CATALOGUE
+from layerprint.runner.lab import run_claims
 
 pytestmark = pytest.mark.slow
 

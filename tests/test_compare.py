@@ -6,10 +6,13 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers.processes import run_cli
 
 from layerprint import LayerprintCallback
-from layerprint.compare import collect, compare_records, first_divergence, write_report
+from layerprint.analysis.compare import compare_records, first_divergence
+from layerprint.analysis.report import render, write_report
+from layerprint.analysis.runs import collect
+from layerprint.tracking.steps import read_steps
 
 PERTURB_AT_STEP = 5  # the first step whose loss sees the perturbed weights
 
@@ -130,3 +133,71 @@ def test_write_report_without_records_writes_only_text(tmp_path, sqlite_uri, cli
     ids = _fit_pair(sqlite_uri, perturb=False)
     written = write_report(compare_records(collect(client, run_ids=ids)), tmp_path / "r")
     assert sorted(p.name for p in written) == ["compare.json", "compare.md", "compare.txt"]
+
+
+class Nudge(keras.callbacks.Callback):
+    """Adds 1e-3 to one kernel right after the given (1-based, global) step's update."""
+
+    def __init__(self, step, layer):
+        super().__init__()
+        self.step, self.layer, self.seen = step, layer, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            kernel = self.model.get_layer(self.layer).kernel
+            kernel.assign(kernel + 1e-3)
+
+
+def _deterministic_pair(uri, nudge_step=None):
+    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    mlflow.set_tracking_uri(uri)
+    run_ids = []
+    for i in range(2):
+        keras.utils.set_random_seed(11)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="d0"),
+                                  keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1, name="head")])
+        model.compile("sgd", "mse")
+        extra = [Nudge(nudge_step, "head")] if nudge_step and i == 1 else []
+        with mlflow.start_run(run_name=f"det{i}") as run:
+            model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
+                      callbacks=extra + [LayerprintCallback(checksum_every=1)])
+        run_ids.append(run.info.run_id)
+    return run_ids
+
+
+def test_first_weight_divergence_is_the_nudged_variable_at_its_step(sqlite_uri, client):
+    a, b = _deterministic_pair(sqlite_uri, nudge_step=5)
+    (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
+    assert pair["identical_init"] is True
+    assert pair["first_weight_divergence"] == {"step": 5, "variables": ["head/kernel"]}
+    assert pair["first_divergence_step"] == 6  # the first loss computed with the nudged weight
+
+
+def test_twins_never_part_and_the_record_holds_every_step(sqlite_uri, client):
+    a, b = _deterministic_pair(sqlite_uri)
+    (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
+    assert pair["first_weight_divergence"] is None and pair["first_divergence_step"] is None
+    steps = read_steps(client.download_artifacts(a, "layerprint/steps.parquet"))
+    assert list(steps.columns["step"]) == list(range(1, 17))
+    assert all((values >= 0).all() for values in steps.checksums()[1].values())  # a tiny model: every step
+
+
+def test_loss_divergence_from_the_record_matches_the_per_step_losses(sqlite_uri, client):
+    a, b = _fit_pair(sqlite_uri)
+    losses = [read_steps(client.download_artifacts(run, "layerprint/steps.parquet")).series("train/loss")
+              for run in (a, b)]
+    expected = next(step for step in sorted(losses[0])
+                    if abs(losses[0][step] - losses[1][step]) > 1e-6 + 1e-5 * max(abs(losses[0][step]), abs(losses[1][step])))
+    (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
+    assert pair["first_divergence_step"] == expected == PERTURB_AT_STEP
+    assert len(losses[0]) == 12  # every step, whatever the published cadence
+
+
+def test_the_table_and_markdown_show_where_weights_part(sqlite_uri, client, tmp_path):
+    a, b = _deterministic_pair(sqlite_uri, nudge_step=5)
+    report = compare_records(collect(client, run_ids=[a, b]))
+    assert "5: head/kernel" in render(report, "table")
+    assert "5: head/kernel" in render(report, "markdown")
+    assert json.loads(render(report, "json"))["pairs"][0]["first_weight_divergence"]["step"] == 5

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers.processes import run_cli
 from mlflow.tracking import MlflowClient
 
-from layerprint.data import input_shape, synthetic
+from layerprint.runner.data import input_shape, synthetic
 
 
 def test_synthetic_data_is_deterministic_and_shaped_per_layer():

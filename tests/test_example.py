@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conftest import REPO, MlflowServer
+from helpers.processes import REPO, MlflowServer
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys

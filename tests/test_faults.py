@@ -15,7 +15,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import BIN, REPO, MlflowServer, free_port, run_cli
+from helpers.bad_input import bad_inputs, write_bad_files
+from helpers.processes import BIN, REPO, MlflowServer, free_port, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import LayerprintCallback, keys
@@ -42,6 +43,10 @@ def _wait_for(predicate, timeout=120, what="condition"):
 
 def _steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+ARTIFACTS = {"layerprint/" + name for name in ("fingerprints_initial.json", "fingerprints_final.json", "sharing.json",
+                                                "batchnorm.npz", "weights_final.npz", "steps.parquet")}
 
 
 def _spool_files(tmp_path):
@@ -91,13 +96,14 @@ def test_unreachable_server_spools_with_one_warning_and_sync_sends_once(tmp_path
     assert len(warnings) == 1, warnings
     spooled = _spool_files(tmp_path)
     assert {p.name for p in spooled} >= {"fingerprints_initial.json", "fingerprints_final.json", "sharing.json",
-                                         "batchnorm.npz", "weights_final.npz"}
+                                         "batchnorm.npz", "weights_final.npz", "steps.parquet"}
     first = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
-    assert first.returncode == 0 and "1 run(s)" in first.stdout and "5 artifact(s)" in first.stdout, first.stdout
+    # the 6 artifacts, steps.parquet once per epoch end (2)
+    assert first.returncode == 0 and "1 run(s)" in first.stdout and "7 artifact(s)" in first.stdout, first.stdout
     (run,) = client.search_runs([client.get_experiment_by_name("offline").experiment_id])
     assert run.info.status == "FINISHED"
     assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 21))
-    assert len(client.list_artifacts(run.info.run_id, "layerprint")) == 5
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "layerprint")} == ARTIFACTS
     second = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
     assert second.returncode == 0 and "0 run(s), 0 metric point(s), 0 artifact(s)" in second.stdout
     assert len(client.search_runs([run.info.experiment_id])) == 1
@@ -158,65 +164,13 @@ def compare_store(tmp_path_factory):
     return uri
 
 
-def _bad_inputs(tmp):
-    text = tmp / "not-an-npz.npz"
-    text.write_text("hello")
-    wrong_keys = tmp / "wrong-keys.npz"
-    np.savez(wrong_keys, a=np.ones((4, 2)))
-    train = "layerprint-train"
-    return [
-        ([train, "variant=nope"], "valid variant options"),
-        ([train, "layer=conv3d"], "valid layer options"),
-        ([train, "data=csv"], "valid data options"),
-        ([train, "trainer=fast"], "valid trainer options"),
-        ([train, "tracking=cloud"], "valid tracking options"),
-        ([train, "experiment=huge"], "valid experiment options"),
-        ([train, "seed=abc"], "seed: Value 'abc'"),
-        ([train, "seed=-1"], "seed=-1 is not allowed"),
-        ([train, "repeats=0"], "repeats=0 is not allowed"),
-        ([train, "layer.width=0"], "layer.width=0 is not allowed"),
-        ([train, "layer.width=wide"], "layer.width"),
-        ([train, "layer.kernel_size=-3"], "layer.kernel_size=-3 is not allowed"),
-        ([train, "data.n_samples=0"], "data.n_samples=0 is not allowed"),
-        ([train, "trainer.epochs=0"], "trainer.epochs=0 is not allowed"),
-        ([train, "trainer.batch_size=-1"], "trainer.batch_size=-1 is not allowed"),
-        ([train, "trainer.learning_rate=0"], "trainer.learning_rate=0.0 is not allowed"),
-        ([train, "trainer.optimizer=lbfgs"], "trainer.optimizer='lbfgs' is not allowed"),
-        ([train, "trainer.steps_per_execution=0"], "trainer.steps_per_execution=0 is not allowed"),
-        ([train, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not allowed"),
-        ([train, "trainer.probe_rows=-1"], "trainer.probe_rows=-1 is not allowed"),
-        ([train, "data.validation_split=1.5"], "data.validation_split=1.5 is not allowed"),
-        ([train, "deterministic=maybe"], "deterministic"),
-        ([train, "device=tpu"], "device='tpu' is not allowed"),
-        ([train, "device=gpu"], "device=gpu but TensorFlow sees no GPU"),
-        ([train, "no_such_key=1"], "no_such_key"),
-        ([train, "-m", "variant=duplicated,nope"], "valid variant options"),
-        ([train, "-m", "hydra/launcher=slurmx"], "valid options: basic, joblib"),
-        ([train, "tracking.uri=ftp://example/x"], "is not supported"),
-        ([train, "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),
-        ([train, "-m", "variant=duplicated,shared", "tracking.uri=http://127.0.0.1:1"], "cannot reach the tracking server"),
-        ([train, "tracking.uri=sqlite:////proc/layerprint/mlflow.db"], "cannot create the store folder"),
-        ([train, "data=npz"], "data=npz needs data.path"),
-        ([train, "data=npz", f"data.path={tmp / 'missing.npz'}"], "does not exist"),
-        ([train, "data=npz", f"data.path={text}"], "is not a readable .npz archive"),
-        ([train, "data=npz", f"data.path={wrong_keys}"], "'x'"),
-        (["layerprint", "compare", "--run-ids", "0123456789abcdef"], "does not exist in this tracking store"),
-        (["layerprint", "compare", "--experiment", "nope"], "experiment 'nope' does not exist"),
-        (["layerprint", "compare", "--parent", "feedbeef"], "parent run 'feedbeef' does not exist"),
-        (["layerprint", "compare", "--atol", "-1"], "--atol and --rtol must be >= 0"),
-        (["layerprint", "compare", "--format", "xml"], "invalid choice: 'xml'"),
-        (["layerprint", "compare", "--tracking-uri", "sqlite:////nonexistent-dir/x.db"], "no tracking store"),
-        (["layerprint", "claims", "--only", "C99"], "unknown claim id(s) C99"),
-        (["layerprint", "frobnicate"], "invalid choice: 'frobnicate'"),
-    ]
-
-
 def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, compare_store):
-    cases = _bad_inputs(tmp_path)
-    assert len(cases) >= 30
+    write_bad_files(tmp_path)
+    cases = bad_inputs(tmp_path)
+    assert len(cases) >= 40
 
     def check(index_case):
-        index, (args, fragment) = index_case
+        index, (args, fragment, _) = index_case
         cwd = tmp_path / f"case{index}"
         cwd.mkdir()
         env = {"MLFLOW_TRACKING_URI": compare_store} if args[0] == "layerprint" and "--tracking-uri" not in args else {}
@@ -230,11 +184,10 @@ def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, 
         if not lines or fragment not in lines[-1] or ": error: " not in lines[-1]:
             problems.append(f"last line {lines[-1] if lines else ''!r}")
         store = cwd / "mlruns" / "mlflow.db"
-        if store.exists():
+        if store.exists():  # bad input is refused before any run exists: none is left, RUNNING or not
             client = MlflowClient(f"sqlite:///{store}")
-            ids = [e.experiment_id for e in client.search_experiments()]
-            if [r for r in client.search_runs(ids) if r.info.status == "RUNNING"]:
-                problems.append("a run left RUNNING")
+            if client.search_runs([e.experiment_id for e in client.search_experiments()]):
+                problems.append("a run was created")
         return (" ".join(args[:3]), problems) if problems else None
 
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -256,7 +209,7 @@ def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, clien
         assert run.info.status == "FINISHED"
         assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 81))
         assert _steps(client, run.info.run_id, BN_MEAN) == list(range(1, 81))
-        assert len(client.list_artifacts(run.info.run_id, "layerprint")) == 5
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "layerprint")} == ARTIFACTS
     assert not _spool_files(tmp_path)
 
 
@@ -320,7 +273,7 @@ def test_hostile_layer_names_stay_inside_the_run_artifact_folder(tmp_path, sqlit
 
 
 def test_every_server_we_start_or_document_binds_loopback():
-    from layerprint.sweep import ui_command
+    from layerprint.runner.sweep import ui_command
 
     assert "--host 127.0.0.1" in ui_command("sqlite:////tmp/x.db")
     commands = []

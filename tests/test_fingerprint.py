@@ -5,7 +5,7 @@ import sys
 import keras
 import numpy as np
 
-from layerprint.fingerprint import canonical_bytes_header, exact_hash, fingerprint_arrays, fingerprint_model, tolerant_hash
+from layerprint.inspection.fingerprint import canonical_bytes_header, exact_hash, fingerprint_arrays, fingerprint_model, tolerant_hash
 
 
 def _array():
@@ -75,7 +75,7 @@ _CHILD = """
 import os, json
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 import keras
-from layerprint.fingerprint import fingerprint_model
+from layerprint.inspection.fingerprint import fingerprint_model
 keras.utils.set_random_seed(11)
 model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(2)])
 print(json.dumps(fingerprint_model(model)))

@@ -5,12 +5,12 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO
+from helpers.processes import REPO
 
 _COMPOSE = """
 import layerprint, layerprint.conf, sys
 from hydra import compose, initialize_config_module
-from layerprint.config import register_configs
+from layerprint.runner.schema import register_configs
 register_configs()
 with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
     cfg = compose(config_name="train", overrides=["variant=cloned", "layer=gru", "experiment=demo"])
@@ -37,7 +37,7 @@ def test_wheel_holds_the_configs_and_composes_from_them(tmp_path):
 
 def test_importing_the_callback_does_not_import_hydra_or_the_runner():
     code = ("import sys; from layerprint import LayerprintCallback; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m == 'layerprint.train']; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m.startswith('layerprint.runner')]; "
             "print(bad)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"CUDA_VISIBLE_DEVICES": "-1", "PATH": "/usr/bin:/bin"})

@@ -1,7 +1,7 @@
 import keras
 
-from layerprint.fingerprint import fingerprint_model
-from layerprint.sharing import call_sites, sharing_report, symmetry_warning
+from layerprint.inspection.fingerprint import fingerprint_model
+from layerprint.inspection.sharing import call_sites, sharing_report, symmetry_warning
 
 
 def _report(model):

@@ -1,10 +1,9 @@
 """Sweeps: parallel jobs with joblib, a failing job, a real tracking server, cluster configs."""
 
-import os
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers.processes import run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
@@ -95,28 +94,15 @@ def test_server_mode_runs_a_sweep_through_a_real_mlflow_server(tmp_path, mlflow_
     assert f"layerprint compare --tracking-uri {mlflow_server.uri} --parent" in done.stdout
 
 
-def test_cluster_and_server_configs_compose(monkeypatch):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    import layerprint.train  # noqa: F401 - registers the schema
-
+def test_cluster_and_server_configs_compose(monkeypatch, cfg_train):
     monkeypatch.setenv("LAYERPRINT_SERVER_URI", "http://mlflow.internal:5000")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
-        slurm = compose("train", ["hydra/launcher=slurm", "tracking=server", "hydra.launcher.partition=gpu"],
-                        return_hydra_config=True)
-        local = compose("train", ["hydra/launcher=submitit_local_jobs"], return_hydra_config=True)
-        joblib = compose("train", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    slurm = cfg_train("hydra/launcher=slurm", "tracking=server", "hydra.launcher.partition=gpu", hydra=True)
+    local = cfg_train("hydra/launcher=submitit_local_jobs", hydra=True)
+    joblib = cfg_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", hydra=True)
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
     assert slurm.hydra.launcher.partition == "gpu" and slurm.hydra.launcher.cpus_per_task == 4
     assert slurm.tracking.uri == "http://mlflow.internal:5000"
     assert local.hydra.launcher._target_.endswith("LocalLauncher")
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2
     monkeypatch.delenv("LAYERPRINT_SERVER_URI")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
-        assert compose("train", ["tracking=server"]).tracking.uri == "http://127.0.0.1:5000"
-    GlobalHydra.instance().clear()
-    assert os.environ.get("LAYERPRINT_SERVER_URI") is None
+    assert cfg_train("tracking=server").tracking.uri == "http://127.0.0.1:5000"

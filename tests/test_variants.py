@@ -1,14 +1,10 @@
 """Every variant x layer combination builds and trains a few steps into a temp SQLite store."""
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from layerprint import keys
-from layerprint.config import LAYER_KINDS, VARIANTS, register_configs
-from layerprint.train import train
-
-register_configs()
+from layerprint.runner.schema import LAYER_KINDS, VARIANTS
+from layerprint.runner.train import train
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +18,12 @@ def store(tmp_path_factory):
     return uri, MlflowClient(uri)
 
 
-def compose_config(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
-        return compose(config_name="train", overrides=overrides)
-
-
 @pytest.mark.parametrize("layer", LAYER_KINDS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_combination_trains_and_logs(variant, layer, store):
+def test_combination_trains_and_logs(variant, layer, store, cfg_train):
     sqlite_uri, client = store
-    cfg = compose_config([f"variant={variant}", f"layer={layer}", f"tracking.uri={sqlite_uri}", "device=cpu",
-                          "data.n_samples=16", "data.validation_split=0", "trainer.epochs=1", "trainer.batch_size=8"])
+    cfg = cfg_train(f"variant={variant}", f"layer={layer}", f"tracking.uri={sqlite_uri}", "device=cpu",
+                    "data.n_samples=16", "data.validation_split=0", "trainer.epochs=1", "trainer.batch_size=8")
     result = train(cfg)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"

@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
 
         return LayerprintCallback
     if name == "fingerprint_model":
-        from layerprint.fingerprint import fingerprint_model
+        from layerprint.inspection.fingerprint import fingerprint_model
 
         return fingerprint_model
     raise AttributeError(f"module 'layerprint' has no attribute {name!r}")

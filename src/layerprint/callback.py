@@ -2,32 +2,229 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
+import threading
 import time
 import uuid
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
 from layerprint import keys
-from layerprint.batchnorm import StatisticsReader, find_batchnorm_layers, moving_statistics
-from layerprint.fingerprint import (
-    exact_hash,
-    fingerprint_model,
-    l2_norm,
-    owning_layer_path,
-    unique_variables,
-    variable_paths,
-)
-from layerprint.sharing import sharing_report, symmetry_warning
-from layerprint.tracking import RunSink, experiment_id_for, resolve_tracking_uri, strip_credentials
+from layerprint.inspection.batchnorm import find_batchnorm_layers, moving_statistics
+from layerprint.inspection.fingerprint import exact_hash, fingerprint_model, l2_norm
+from layerprint.inspection.paths import owning_layer_path, unique_variables, variable_paths
+from layerprint.inspection.sharing import sharing_report, symmetry_warning
+from layerprint.inspection.state import StateReader
+from layerprint.errors import first_line
+from layerprint.tracking.redact import redact, strip_credentials
+from layerprint.tracking.sink import RunSink
+from layerprint.tracking.steps import StepRecord
+from layerprint.tracking.store import experiment_id_for, resolve_tracking_uri
 
 logger = logging.getLogger("layerprint")
+
+# The parts of the callback's work; a part that raises is reported once and skipped from then on.
+PART_RUN = "run"
+PART_FINGERPRINTS = "fingerprints"
+PART_SHARING = "sharing"
+PART_BATCHNORM = "batchnorm"
+PART_DRIFT = "drift"
+PART_PROBE = "probe"
+PART_ARTIFACTS = "artifacts"
+PART_SINK = "sink"  # sending points
+PART_TAGS = "tags"
+PART_STEPS = "steps"  # filing each step's logs in the flight record
+PART_RECORDER = "recorder"  # reading each step's state on the device
+
+DRAIN_EVERY = 32  # steps whose device reads are brought to the host together
+PRIOR_SECONDS_PER_POINT = 60e-6  # MLflow's SQL store, measured; replaced by the sink's own measurement
+
+
+@dataclass
+class RunProgress:
+    """What earlier fits logged into one run, so that a later fit continues instead of overwriting.
+
+    Attributes:
+        fits: fits that began in the run.
+        last_step: the global step of the last logged training batch.
+        last_epoch: the last logged epoch (1-based).
+        bn_epochs: epochs of the rows of ``batchnorm.npz``.
+        bn_history: ``{"<layer>/<stat>": [vector per row]}``.
+        probe_epochs, probe_hashes, probe_norms: the content of ``probe.json``.
+        record: the flight record (``steps.parquet``).
+    """
+
+    fits: int = 0
+    last_step: int = 0
+    last_epoch: int = 0
+    bn_epochs: list[int] = field(default_factory=list)
+    bn_history: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    probe_epochs: list[int] = field(default_factory=list)
+    probe_hashes: list[str] = field(default_factory=list)
+    probe_norms: list[float] = field(default_factory=list)
+    record: StepRecord = field(default_factory=StepRecord)
+
+
+# Model -> its compiled state reader, so that later fits of the same model do not trace it again.
+_READERS: "weakref.WeakKeyDictionary[Any, StateReader]" = weakref.WeakKeyDictionary()
+# Run id -> progress of the fits this process logged into it (the store is asked when it is not here).
+_PROGRESS: dict[str, RunProgress] = {}
+# Callbacks whose run is still open: a fit that raised never calls on_train_end; their runs are ended
+# FAILED when the next fit begins or when the interpreter exits, never left RUNNING. Held strongly until
+# closed: a callback collected with its run open could not end it.
+_OPEN_CALLBACKS: "set[LayerprintCallback]" = set()
+
+
+class FlightRecorder:
+    """Every step's state into the run's ``StepRecord``, and a budgeted share of it to MLflow metrics.
+
+    ``snapshot(step)`` runs on the training thread before the next step changes the state: it dispatches
+    the device reads (BatchNorm summaries every step, checksums at the checksum cadence) without waiting.
+    Every ``DRAIN_EVERY`` snapshots, and at epoch ends, ``drain`` brings them to the host in one transfer,
+    files them in the record and publishes the rows due. The checksum cadence is 1 unless one read costs
+    more than a quarter of the budget per step; then it is the smallest power of two that fits (so two
+    runs always share checksum steps), fixed for the run. The publishing cadence is the smallest power of
+    two under what is left of the budget, from the measured cost of recording and of the sink's sends.
+
+    Args:
+        reader: the device-side reader of the model's state.
+        checksum_columns: the record's column of each variable the reader checksums, in its order.
+        record: the run's record.
+        publish: ``publish(points, step, timestamp_ms)`` sends MLflow metrics.
+        budget: the share of the fit's time the callback may add.
+        forced_every: ``log_every_n_steps``, or None for the budget.
+        first_step: the fit's first global step.
+        sink_stats: returns the sink's ``SinkStats`` (its send time and points sent), or None.
+        checksum_every: a fixed checksum cadence instead of the measured one.
+    """
+
+    def __init__(self, reader: StateReader | None, checksum_columns: list[str], record: StepRecord,
+                 publish: Callable[[dict[str, float], int, int], None], budget: float, forced_every: int | None,
+                 first_step: int, sink_stats: Callable[[], Any], checksum_every: int | None = None) -> None:
+        self.reader, self.checksum_columns, self.record = reader, checksum_columns, record
+        self.publish, self.budget, self.forced_every = publish, budget, forced_every
+        self.first_step, self.sink_stats = first_step, sink_stats
+        self.publish_every = forced_every or 1
+        self.last_snapshot = first_step - 1
+        self._published = first_step - 1
+        self._mandatory = {first_step}
+        self._pending: list[tuple[int, Any, Any]] = []
+        self._started = time.perf_counter()
+        self._seconds = 0.0
+        self._seconds_lock = threading.Lock()
+        self._snapshot_times: list[float] = []
+        self._checksum_costs: list[float] = []
+        if checksum_every is not None:
+            record.checksum_every = checksum_every
+        self._cadence_fixed = checksum_every is not None or record.checksum_every > 1
+
+    def add_seconds(self, seconds: float) -> None:
+        """Count time the callback spent (any thread) against the budget."""
+        with self._seconds_lock:
+            self._seconds += seconds
+
+    def mark(self, step: int, final: bool) -> bool:
+        """Note that the state after ``step`` is reached; ``final`` (an epoch's or the fit's last step) is
+        always published. Returns whether the step is new (then ``read`` it)."""
+        if step <= self.last_snapshot:
+            return False
+        self._snapshot_times.append(time.perf_counter())
+        self.last_snapshot = step
+        if final:
+            self._mandatory.add(step)
+        return True
+
+    def read(self, step: int, final: bool) -> None:
+        """Dispatch the device reads of the state after ``step`` (checksums always when ``final``)."""
+        if self.reader is None:
+            return
+        started = time.perf_counter()
+        every = self.record.checksum_every
+        with_checksums = final or step == self.first_step or step % every == 0
+        batchnorm, checksums = self.reader.read(with_checksums)
+        if with_checksums and not final:
+            self._checksum_costs.append(time.perf_counter() - started)
+            self._choose_checksum_cadence()
+        self._pending.append((step, batchnorm, checksums))
+        self.add_seconds(time.perf_counter() - started)
+
+    @property
+    def due(self) -> bool:
+        """Whether enough reads are pending to bring them to the host together."""
+        return len(self._pending) >= DRAIN_EVERY
+
+    def file_reads(self) -> None:
+        """Bring the dispatched reads to the host in one transfer and file them in the record."""
+        started = time.perf_counter()
+        pending, self._pending = self._pending, []
+        columns_at = ((1, self.reader.bn_columns), (2, self.checksum_columns)) if self.reader is not None else ()
+        for index, columns in columns_at:
+            rows = [(entry[0], entry[index]) for entry in pending if entry[index] is not None]
+            if rows and columns:
+                self.record.set_vector([step for step, _ in rows], columns,
+                                       StateReader.to_host([values for _, values in rows]))
+        self.add_seconds(time.perf_counter() - started)
+
+    def publish_due(self, final: bool = False) -> None:
+        """Publish the recorded rows due under the cadence, then choose the cadence again.
+
+        Args:
+            final: at an epoch's or the fit's end, when every batch-end hook has run (Keras waits for
+                the ones it ran off the training thread): steps without logs are skipped, not waited for
+                (inside a ``steps_per_execution`` block Keras calls no hook).
+        """
+        started = time.perf_counter()
+        step = self._published + 1
+        while step <= self.last_snapshot:
+            if not self.record.has_metrics(step):
+                if not final:
+                    break  # its batch-end hook may still be running
+            elif step in self._mandatory or step % self.publish_every == 0:
+                self.publish(self.record.row(step), step, self.record.time_ms(step))
+            step += 1
+        self._published = step - 1
+        self._choose_publish_cadence()
+        self.add_seconds(time.perf_counter() - started)
+
+    def _choose_checksum_cadence(self) -> None:
+        if self._cadence_fixed or len(self._checksum_costs) < 3 or len(self._snapshot_times) < 4:
+            return
+        step_seconds = float(np.median(np.diff(self._snapshot_times)))
+        cost = float(np.median(self._checksum_costs))
+        every = 1
+        while cost / (every * step_seconds) > self.budget / 4 and every < 2**16:
+            every *= 2
+        self.record.checksum_every = max(every, self.record.checksum_every)
+        self._cadence_fixed = True
+
+    def _choose_publish_cadence(self) -> None:
+        if self.forced_every is not None:
+            return
+        elapsed = time.perf_counter() - self._started
+        steps = self.last_snapshot - self.first_step + 1
+        if steps < 2 or elapsed <= 0:
+            return
+        stats = self.sink_stats()
+        sent = stats.metrics_sent if stats is not None else 0
+        per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
+        points_per_step = (len(self.reader.bn_columns) if self.reader is not None else 0) + 2
+        available = self.budget - self._seconds / elapsed
+        publishing = points_per_step * per_point * steps / elapsed  # the fraction at cadence 1
+        every = 1
+        while available > 0 and publishing / every > available and every < 2**20:
+            every *= 2
+        self.publish_every = every if available > 0 else 2**20
 
 
 class LayerprintCallback(keras.callbacks.Callback):
@@ -36,13 +233,28 @@ class LayerprintCallback(keras.callbacks.Callback):
     At train begin: a fingerprint of every variable (``fingerprints_initial.json``, tag
     ``layerprint.init_fingerprint``) and ``sharing.json`` (layers called at several sites, variables
     several layers use, distinct variables that start bitwise identical; the last also prints one
-    warning, because that symmetry is not broken by training). Every ``log_every_n_steps`` steps:
-    loss and compiled metrics (``train/<name>``) and BatchNorm moving-stat summaries (``bn/...``).
-    Every epoch: epoch and validation metrics (``epoch/<name>``), per-layer weight drift from the
-    initial weights (``drift/<layer>``), the full BatchNorm vectors (kept for ``batchnorm.npz``) and,
-    given a probe batch, a fingerprint and the norm of the model output on it. At train end: the
-    final fingerprint and the artifacts. A run the callback started ends FINISHED, or FAILED (with
-    the ``layerprint.failure`` tag) when a logged loss was NaN or infinite.
+    warning, because that symmetry is not broken by training). A model whose variables do not exist
+    yet at train begin (a subclassed model built at its first call) is captured once they exist and
+    before the first optimizer update.
+
+    Every optimizer step goes into the flight record, ``steps.parquet``: loss and compiled metrics
+    (``train/<name>``), BatchNorm moving-stat summaries (``bn/...``) and an exact checksum of every
+    variable (``checksum/<path>``), read on the device by one compiled function and brought to the host
+    every 32 steps. The same ``train/`` and ``bn/`` series go to MLflow metrics at a cadence that keeps
+    the callback within ``overhead_budget`` of the fit's time, measured as it runs (first and last steps
+    and every epoch end always included); ``log_every_n_steps`` forces a cadence instead. Every epoch: epoch and
+    validation metrics (``epoch/<name>``), per-layer weight drift from the weights at the start of
+    the fit (``drift/<layer>``), the full BatchNorm vectors (kept for ``batchnorm.npz``) and, given a
+    probe batch, a fingerprint and the norm of the model output on it. At train end: the final
+    fingerprint and the artifacts. A run the callback started ends FINISHED, or FAILED (with the
+    ``layerprint.failure`` tag) when a logged loss was NaN or infinite.
+
+    Telemetry never breaks training: an error inside the callback is printed as one warning, tagged
+    on the run (``layerprint.callback_error``), and only the part that raised stops; ``fit`` goes on.
+
+    Several fits into one run (the fine-tuning habit, inside one ``mlflow.start_run()``) continue its
+    steps and epochs; the run's initial fingerprint stays the first fit's. A run the callback starts
+    itself belongs to one fit: the next fit starts a new run.
 
     Points are queued and sent by a background thread in batches, so a step never waits for the
     store. If the store cannot be reached, training goes on and the points are kept in a local spool
@@ -52,7 +264,12 @@ class LayerprintCallback(keras.callbacks.Callback):
     ends. Use ``nested=True`` to start a child of the active run instead.
 
     Args:
-        log_every_n_steps: log step metrics and BatchNorm summaries every N optimizer steps.
+        log_every_n_steps: publish step metrics and BatchNorm summaries to MLflow every N optimizer
+            steps (plus the first, last and epoch-end steps); None chooses N under the budget.
+        overhead_budget: the share of the fit's time the callback may add (default 2 %).
+        checksum_every: take the variables' checksums every N steps (1: every step, to locate a
+            divergence exactly at any cost); None: every step unless one read costs more than a
+            quarter of the budget, then the smallest power of two that fits.
         run_id: log into this existing run.
         experiment_name: experiment for a run the callback starts (default: MLflow's current one).
         run_name: name of a run the callback starts.
@@ -67,7 +284,10 @@ class LayerprintCallback(keras.callbacks.Callback):
             ``layerprint compare``'s weight distances) when the model has at most this many
             parameters; 0 turns it off.
         flush_timeout: seconds to wait at train end for queued points before spooling them.
-        strict: raise tracking errors instead of spooling them (for tests).
+        strict: raise errors instead of warning and spooling (for tests).
+        sink: log through this ``RunSink`` (or an object with its methods) instead of opening a run,
+            as dvclive's ``live=``: the caller owns it, so the callback flushes it at train end and
+            never closes it or ends its run; later fits continue its run within this process.
 
     Example:
 
@@ -79,7 +299,9 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        log_every_n_steps: int = 1,
+        log_every_n_steps: int | None = None,
+        overhead_budget: float = 0.02,
+        checksum_every: int | None = None,
         run_id: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
@@ -91,11 +313,21 @@ class LayerprintCallback(keras.callbacks.Callback):
         max_weights_artifact_params: int = 1_000_000,
         flush_timeout: float = 30.0,
         strict: bool = False,
+        sink: RunSink | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+            raise ValueError(f"log_every_n_steps must be a positive integer or None, got {log_every_n_steps!r}")
+        if not 0 < overhead_budget < 1:
+            raise ValueError(f"overhead_budget must be a fraction between 0 and 1, got {overhead_budget!r}")
+        if checksum_every is not None and (not isinstance(checksum_every, int) or checksum_every < 1):
+            raise ValueError(f"checksum_every must be a positive integer or None, got {checksum_every!r}")
         self.log_every_n_steps = log_every_n_steps
+        self.overhead_budget = overhead_budget
+        self.checksum_every = checksum_every
+        # Keras may run the batch-end hook off the training thread: it only files the step's logs (under a
+        # lock); every read of the model's state happens on the training thread.
+        self.async_safe = True
         self.run_id = run_id
         self.experiment_name = experiment_name
         self.run_name = run_name
@@ -107,12 +339,227 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.max_weights_artifact_params = max_weights_artifact_params
         self.flush_timeout = flush_timeout
         self.strict = strict
+        self._given_sink = sink
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one fit (``on_train_begin`` starts from here)."""
         self.sink: RunSink | None = None
         self.initial_fingerprint: dict[str, Any] | None = None
         self.final_fingerprint: dict[str, Any] | None = None
         self.sharing: dict[str, Any] | None = None
+        self.callback_error: str | None = None
+        self._open = False
+        self._owns_run = False
+        self._uri: str | None = None
+        self._active_run_id: str | None = None
+        self._broken: set[str] = set()
+        self._progress = RunProgress()
+        self._fit_index = 1
+        self._pending_capture = False
+        self._step_base = 0
+        self._global_step = 0
+        self._epoch_start_step = 0
+        self._epoch_offset: int | None = None
+        self._non_finite_step: int | None = None
+        self._bn_layers: list[tuple[str, Any]] = []
+        self._recorder: FlightRecorder | None = None
+        self._current_epoch = 0
+        self._step_lock = threading.Lock()
+        self._step_keys: dict[str, str] = {}
+        self._initial_values: dict[int, np.ndarray] = {}
+        self._paths: dict[int, str] = {}
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def non_finite_step(self) -> int | None:
+        """The first logged global step whose loss was NaN or infinite, else None."""
+        return self._non_finite_step
+
+    @property
+    def last_step(self) -> int:
+        """The global step of the last finished training batch (0 before training)."""
+        return self._global_step
+
+    # Keras hooks.
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._open:  # the previous fit raised before on_train_end
+            self._end_abandoned_fit()
+        self._reset()
+        if not isinstance(self.model, keras.Model):
+            logger.warning("layerprint: %s is not a Keras 3 model (Keras 2 / tf_keras?); LayerprintCallback "
+                           "supports Keras 3 only and logs nothing for this fit.", type(self.model).__name__)
+            return
+        self._open = True
+        _OPEN_CALLBACKS.add(self)
+        self._tmp = tempfile.TemporaryDirectory(prefix="layerprint-")
+        self._guard(PART_RUN, self._start_run)
+        self._progress.fits += 1
+        self._fit_index = self._progress.fits
+        self._step_base = self._epoch_start_step = self._global_step = self._progress.last_step
+        self._publish_progress()
+        if _variables_exist(self.model):
+            self._capture_start(init_step=0)
+        else:
+            self._pending_capture = True
+            self._guard(PART_FINGERPRINTS, self._capture_at_optimizer_build)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self._open:
+            return
+        if self._pending_capture and _variables_exist(self.model):
+            self._capture_start(init_step=0)
+        recorder = self._recorder
+        if recorder is not None and batch > 0:  # the state the previous step left
+            self._snapshot(self._epoch_start_step + batch, final=False)
+            if recorder.due:
+                self._end_record_block(final=False)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._epoch_offset is None:  # later fits continue the run's epochs; initial_epoch is respected
+            self._epoch_offset = max(self._progress.last_epoch - epoch, 0)
+        self._current_epoch = self._epoch_offset + epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self._open:
+            return
+        started = time.perf_counter()
+        step = self._epoch_start_step + batch + 1
+        with self._step_lock:
+            self._global_step = max(self._global_step, step)
+        if self._pending_capture:
+            self._capture_start(init_step=step)
+        values = {self._step_key(name): float(value) for name, value in (logs or {}).items() if _is_number(value)}
+        loss = values.get(self._step_key("loss"), 0.0)
+        if not np.isfinite(loss):
+            with self._step_lock:
+                self._non_finite_step = min(step, self._non_finite_step or step)
+        self._guard(PART_STEPS, self._progress.record.set_metrics, step, self._current_epoch,
+                    time.time() * 1000.0, values)
+        if self._recorder is not None:
+            self._recorder.add_seconds(time.perf_counter() - started)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self._open:
+            return
+        logs = logs or {}
+        logged_epoch = (self._epoch_offset or 0) + epoch + 1
+        self._epoch_start_step = self._global_step
+        if self._pending_capture:
+            self._capture_start(init_step=self._global_step)
+        if self._recorder is not None:
+            self._snapshot(self._global_step, final=True)
+            self._end_record_block(final=True)
+            self._guard(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
+        if self._non_finite_step is None and _is_number(logs.get("loss")) and not np.isfinite(float(logs["loss"])):
+            self._non_finite_step = self._global_step
+        points = {keys.epoch_key(name): value for name, value in logs.items() if _is_number(value)}
+        points.update(self._guard(PART_DRIFT, self._drift) or {})
+        if self.probe_batch is not None:
+            points.update(self._guard(PART_PROBE, self._probe, logged_epoch) or {})
+        self._log(_sanitized(points), logged_epoch)
+        if self._bn_layers:
+            self._guard(PART_BATCHNORM, self._record_batchnorm, logged_epoch)
+        self._progress.last_step, self._progress.last_epoch = self._global_step, logged_epoch
+        self._publish_progress()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if not self._open:
+            return
+        if self._pending_capture:
+            self._capture_start(init_step=self._global_step)
+        recorder = self._recorder
+        if recorder is not None and recorder.last_snapshot < self._global_step:  # stopped inside an epoch
+            self._snapshot(self._global_step, final=True)
+            self._end_record_block(final=True)
+            self._guard(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
+        if recorder is not None:
+            self._set_tags({keys.TAG_CHECKSUM_EVERY: str(self._progress.record.checksum_every),
+                            keys.TAG_PUBLISH_EVERY: str(recorder.publish_every)})
+        self._progress.last_step = self._global_step
+        self._publish_progress()
+        self.final_fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_model, self.model)
+        if self.final_fingerprint is not None:
+            self._set_tags({keys.TAG_FINAL_FINGERPRINT: self.final_fingerprint["model"]})
+            self._guard(PART_ARTIFACTS, self._write_json, keys.FINGERPRINTS_FINAL, self.final_fingerprint)
+        progress = self._progress
+        if progress.probe_hashes:
+            self._set_tags({keys.TAG_PROBE_FINGERPRINT: progress.probe_hashes[-1]})
+            self._guard(PART_ARTIFACTS, self._write_json, keys.PROBE, {
+                "epochs": progress.probe_epochs, "sha256": progress.probe_hashes, "l2_norm": progress.probe_norms})
+        self._guard(PART_ARTIFACTS, self._write_final_weights)
+        if progress.bn_epochs:
+            self._guard(PART_ARTIFACTS, self._save_artifact, keys.BATCHNORM, lambda path: np.savez(
+                path, epochs=np.asarray(progress.bn_epochs),
+                **{keys.sanitize_key(name): np.stack(rows) for name, rows in progress.bn_history.items()}))
+        if self._non_finite_step is not None:
+            self._set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {self._non_finite_step}"})
+        self.close(status="FINISHED" if self._non_finite_step is None else "FAILED")
+
+    # tf_keras (Keras 2) asks its callbacks these before training; without them its fit would crash.
+    def _implements_train_batch_hooks(self) -> bool:
+        return True
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush the queued points, end the run if this callback started it, release resources.
+
+        Called by ``on_train_end``; call it yourself with ``status="FAILED"`` or ``"KILLED"`` when
+        ``fit`` raised, so that a run the callback started does not stay RUNNING at once (otherwise
+        that happens when the next fit begins, or when the interpreter exits).
+
+        Args:
+            status: the status a run the callback started ends with.
+        """
+        if not self._open:
+            return
+        self._open = False
+        _OPEN_CALLBACKS.discard(self)
+        stats, ended = None, False
+        if self.sink is not None and self.sink is self._given_sink:
+            self._guard(PART_SINK, self.sink.flush, self.flush_timeout)
+        elif self.sink is not None:
+            try:
+                stats = self.sink.close(self.flush_timeout)
+                if self._owns_run:
+                    self.sink.finish(status)
+                ended = True
+            except Exception as error:  # noqa: BLE001 - the fallback below still ends the run
+                if self.strict:
+                    raise
+                self._report(PART_SINK, error)
+        if self._active_run_id and (not ended or PART_TAGS in self._broken):
+            self._end_without_sink(status)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self.sink = None
+        if self.strict and stats is not None and stats.errors:
+            raise RuntimeError(f"layerprint: tracking errors: {stats.errors[:3]}")
 
     # Run lifecycle.
+    def _start_run(self) -> None:
+        if self._given_sink is not None:
+            self.sink = self._given_sink
+            self._progress = _PROGRESS.setdefault(self.sink.run_id, RunProgress())
+        else:
+            uri, run_id, self._owns_run, offline = self._open_run()
+            self._uri, self._active_run_id = uri, run_id
+            self.sink = RunSink(uri, run_id, offline_run=offline, strict=self.strict)
+            if not self._owns_run:
+                self._progress = (_PROGRESS.get(run_id) or self._guard(PART_RUN, self._progress_in_store, uri, run_id)
+                                  or RunProgress())
+                _PROGRESS[run_id] = self._progress
+        if self.tags:
+            self.sink.set_tags(self.tags)
+        if self.run_params:
+            self.sink.log_params(self.run_params)
+
     def _open_run(self) -> tuple[str, str, bool, dict[str, Any] | None]:
         """Returns (tracking URI, run id, whether this callback owns the run, offline-run record)."""
         import mlflow
@@ -128,7 +575,7 @@ class LayerprintCallback(keras.callbacks.Callback):
             experiment_id = _experiment_id(client, uri, self.experiment_name, active)
             run_tags = {}
             if active is not None:
-                run_tags["mlflow.parentRunId"] = active.info.run_id
+                run_tags[keys.TAG_PARENT_RUN_ID] = active.info.run_id
             run = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
             return uri, run.info.run_id, True, None
         except Exception as error:  # noqa: BLE001 - the store being down must not stop training
@@ -148,139 +595,167 @@ class LayerprintCallback(keras.callbacks.Callback):
             }
             return uri, "offline-" + uuid.uuid4().hex, True, offline
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        uri, run_id, self._owns_run, offline = self._open_run()
-        self.sink = RunSink(uri, run_id, offline_run=offline, strict=self.strict)
-        self._global_step = 0
-        self._epoch_start_step = 0
-        self._non_finite_step: int | None = None
-        self._bn_layers = find_batchnorm_layers(self.model)
-        self._bn_reader = StatisticsReader(self._bn_layers)
-        self._step_keys: dict[str, str] = {}
-        self._bn_history: dict[str, list[np.ndarray]] = {}
-        self._bn_epochs: list[int] = []
-        self._probe_norms: list[float] = []
-        self._probe_hashes: list[str] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="layerprint-")
-        self._initial_values = {id(v): np.array(v.numpy()) for v in unique_variables(self.model)}
-        self._paths = variable_paths(self.model)
-        self.initial_fingerprint = fingerprint_model(self.model)
-        self.sharing = sharing_report(self.model, self.initial_fingerprint["variables"])
-        warning = symmetry_warning(self.sharing["identical_initial_values"])
+    def _progress_in_store(self, uri: str, run_id: str) -> RunProgress:
+        """What earlier fits (in another process) logged into ``run_id``, from its tags and artifacts."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        tags = client.get_run(run_id).data.tags
+        progress = RunProgress(fits=int(tags.get(keys.TAG_FITS, 0)), last_step=int(tags.get(keys.TAG_LAST_STEP, 0)),
+                               last_epoch=int(tags.get(keys.TAG_LAST_EPOCH, 0)))
+        if progress.fits == 0:
+            return progress
+        names = {info.path.rsplit("/", 1)[-1] for info in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
+        if keys.BATCHNORM in names:
+            with np.load(client.download_artifacts(run_id, f"{keys.ARTIFACT_DIR}/{keys.BATCHNORM}",
+                                                   self._tmp.name)) as npz:
+                progress.bn_epochs = [int(e) for e in npz["epochs"]]
+                progress.bn_history = {name: list(npz[name]) for name in npz.files if name != "epochs"}
+        if keys.PROBE in names:
+            probe = json.loads(Path(client.download_artifacts(run_id, f"{keys.ARTIFACT_DIR}/{keys.PROBE}",
+                                                              self._tmp.name)).read_text())
+            progress.probe_epochs, progress.probe_hashes = probe["epochs"], probe["sha256"]
+            progress.probe_norms = probe["l2_norm"]
+        if keys.STEPS in names:
+            progress.record = StepRecord.from_file(Path(client.download_artifacts(
+                run_id, f"{keys.ARTIFACT_DIR}/{keys.STEPS}", self._tmp.name)))
+        return progress
+
+    def _publish_progress(self) -> None:
+        """Tag how far the run got, so that a later fit (even in another process) continues after it."""
+        self._set_tags({keys.TAG_FITS: str(self._progress.fits), keys.TAG_LAST_STEP: str(self._global_step),
+                        keys.TAG_LAST_EPOCH: str(self._progress.last_epoch)})
+
+    def _end_abandoned_fit(self) -> None:
+        self._set_tags({keys.TAG_FAILURE: "fit raised before it ended (on_train_end never came)"})
+        self.close(status="FAILED")
+
+    def _end_without_sink(self, status: str) -> None:
+        """Tag the first error and end an owned run straight through MLflow when the sink could not."""
+        if self._active_run_id.startswith("offline-"):
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self._uri)
+            if self.callback_error:
+                client.set_tag(self._active_run_id, keys.TAG_CALLBACK_ERROR, self.callback_error)
+            if self._owns_run:
+                client.set_terminated(self._active_run_id, status=status)
+        except Exception as error:  # noqa: BLE001 - the store is gone too: nothing more can be done
+            if self.strict:
+                raise
+            logger.warning("layerprint: could not end run %s (%s)", self._active_run_id, first_line(error))
+
+    # Capturing the start of a fit.
+    def _capture_at_optimizer_build(self) -> None:
+        """Capture the start from inside the optimizer's first ``build``.
+
+        On TensorFlow without a distribution strategy, Keras builds an unbuilt model inside the first
+        traced train step: the variables exist, with their initial values, once the forward pass has
+        run, and the optimizer builds its own state right before it applies the first update. The
+        values are read eagerly there (``tf.init_scope``). Other backends build before train begin.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or getattr(optimizer, "built", True):
+            return
+        build = optimizer.build
+
+        def build_then_continue(*args: Any, **kwargs: Any) -> Any:
+            optimizer.__dict__.pop("build", None)
+            if self._pending_capture:
+                with _eager_scope():
+                    self._capture_start(init_step=0)
+            return build(*args, **kwargs)
+
+        optimizer.build = build_then_continue
+
+    def _capture_start(self, init_step: int) -> None:
+        """Fingerprints, sharing, BatchNorm and probe rows, and drift reference at the start of the fit.
+
+        Args:
+            init_step: 0 when taken before the first update; else the step after which it was taken
+                (a model that created its variables inside a step that did not use ``model.optimizer``).
+        """
+        self._pending_capture = False
+        if init_step:
+            logger.warning("layerprint: the model created its variables inside the first training step; "
+                           "its initial fingerprint is taken after step %d (tag %s).", init_step, keys.TAG_INIT_STEP)
+        first_fit = self._fit_index == 1
+        prefix = "" if first_fit else keys.LATER_FIT_DIR.format(index=self._fit_index) + "/"
+        fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_model, self.model)
+        self.initial_fingerprint = fingerprint
+        records = fingerprint["variables"] if fingerprint else []
+        self.sharing = self._guard(PART_SHARING, sharing_report, self.model, records)
+        warning = symmetry_warning(self.sharing["identical_initial_values"]) if self.sharing else None
         if warning:
             logger.warning(warning)
-        self.sink.set_tags(
-            {
-                **self.tags,
-                keys.TAG_INIT_FINGERPRINT: self.initial_fingerprint["model"],
-                keys.TAG_INIT_TOLERANT: self.initial_fingerprint["tolerant"],
-                **({keys.TAG_SYMMETRY_WARNING: "true"} if warning else {}),
-            }
-        )
-        if self.run_params:
-            self.sink.log_params(self.run_params)
-        self._write_json(keys.FINGERPRINTS_INITIAL, self.initial_fingerprint)
-        self._write_json(keys.SHARING, self.sharing)
-        self._record_batchnorm(epoch=0)
-        if self.probe_batch is not None:
-            self.sink.log_metrics(self._probe(), 0)
+        if fingerprint is not None:
+            if first_fit:
+                self._set_tags({keys.TAG_INIT_FINGERPRINT: fingerprint["model"],
+                                keys.TAG_INIT_TOLERANT: fingerprint["tolerant"], keys.TAG_INIT_STEP: str(init_step),
+                                **({keys.TAG_SYMMETRY_WARNING: "true"} if warning else {})})
+            self._guard(PART_ARTIFACTS, self._write_json, prefix + keys.FINGERPRINTS_INITIAL, fingerprint)
+        if self.sharing is not None:
+            self._guard(PART_ARTIFACTS, self._write_json, prefix + keys.SHARING, self.sharing)
+        self._guard(PART_DRIFT, self._keep_initial_values)
+        start_epoch = self._progress.last_epoch
+        self._guard(PART_BATCHNORM, self._start_batchnorm, start_epoch)
+        self._recorder = self._start_recorder()
+        if self.probe_batch is not None and start_epoch not in self._progress.probe_epochs:
+            self._log(self._guard(PART_PROBE, self._probe, start_epoch) or {}, start_epoch)
 
-    @property
-    def non_finite_step(self) -> int | None:
-        """The first logged global step whose loss was NaN or infinite, else None."""
-        return getattr(self, "_non_finite_step", None)
+    # The parts.
+    def _guard(self, part: str, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, or None when it raises (reported once; the part is then skipped)."""
+        if part in self._broken:
+            return None
+        try:
+            return function(*args)
+        except Exception as error:  # noqa: BLE001 - telemetry never breaks training
+            if self.strict:
+                raise
+            self._report(part, error)
+            return None
 
-    @property
-    def last_step(self) -> int:
-        """The global step of the last finished training batch (0 before training)."""
-        return getattr(self, "_global_step", 0)
+    def _report(self, part: str, error: BaseException) -> None:
+        self._broken.add(part)
+        message = redact(f"{part}: {type(error).__name__}: {first_line(error)}")[:500]
+        logger.warning("layerprint: %s failed, training goes on without it (%s)", part, message)
+        if self.callback_error is None:
+            self.callback_error = message
+            self._set_tags({keys.TAG_CALLBACK_ERROR: message})
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        step = self._epoch_start_step + batch + 1
-        crossed = step // self.log_every_n_steps > self._global_step // self.log_every_n_steps
-        self._global_step = step
-        if not crossed:
-            return
-        points = {self._step_key(name): float(value) for name, value in logs.items() if _is_number(value)}
-        if self._non_finite_step is None and not np.isfinite(points.get(self._step_key("loss"), 0.0)):
-            self._non_finite_step = step
-        if self._bn_layers:
-            _ = self.model  # on the JAX backend, reading `model` syncs the trained state into the variables
-            points.update(self._bn_reader.summaries())
-        self.sink.log_metrics(points, step)
+    def _log(self, points: dict[str, float], step: int) -> None:
+        if self.sink is not None and points:
+            self._guard(PART_SINK, self.sink.log_metrics, points, step)
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        self._epoch_start_step = self._global_step
-        if self._non_finite_step is None and _is_number(logs.get("loss")) and not np.isfinite(float(logs["loss"])):
-            self._non_finite_step = self._global_step
-        points = {keys.epoch_key(name): value for name, value in logs.items() if _is_number(value)}
-        points.update(self._drift())
-        points.update(self._probe())
-        self.sink.log_metrics(_sanitized(points), epoch + 1)
-        self._record_batchnorm(epoch=epoch + 1)
+    def _set_tags(self, tags: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self._guard(PART_TAGS, self.sink.set_tags, tags)
 
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.sink is None:
-            return
-        self.final_fingerprint = fingerprint_model(self.model)
-        self.sink.set_tags({keys.TAG_FINAL_FINGERPRINT: self.final_fingerprint["model"]})
-        if self._probe_hashes:
-            self.sink.set_tags({keys.TAG_PROBE_FINGERPRINT: self._probe_hashes[-1]})
-            self._write_json(keys.PROBE, {"epochs": list(range(len(self._probe_hashes))),
-                                          "sha256": self._probe_hashes, "l2_norm": self._probe_norms})
-        self._write_json(keys.FINGERPRINTS_FINAL, self.final_fingerprint)
-        variables = unique_variables(self.model)
-        if sum(int(np.prod(v.shape)) for v in variables) <= self.max_weights_artifact_params:
-            path = Path(self._tmp.name) / keys.WEIGHTS_FINAL
-            paths = variable_paths(self.model)
-            np.savez(path, **{keys.sanitize_key(paths[id(v)]): np.asarray(v.numpy()) for v in variables})
-            self.sink.log_artifact(path, keys.ARTIFACT_DIR)
-        if self._bn_layers:
-            path = Path(self._tmp.name) / keys.BATCHNORM
-            np.savez(path, epochs=np.asarray(self._bn_epochs),
-                     **{keys.sanitize_key(name): np.stack(values) for name, values in self._bn_history.items()})
-            self.sink.log_artifact(path, keys.ARTIFACT_DIR)
-        if self._non_finite_step is not None:
-            self.sink.set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {self._non_finite_step}"})
-        self.close(status="FINISHED" if self._non_finite_step is None else "FAILED")
-
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush the queued points, end the run if this callback started it, release resources.
-
-        Called by ``on_train_end``; call it yourself with ``status="FAILED"`` or ``"KILLED"`` when
-        ``fit`` raised, so that a run the callback started does not stay RUNNING.
-        """
-        if self.sink is None:
-            return
-        stats = self.sink.close(self.flush_timeout)
-        if self._owns_run:
-            self.sink.finish(status)
-        self._tmp.cleanup()
-        self.sink = None
-        if self.strict and stats.errors:
-            raise RuntimeError(f"layerprint: tracking errors: {stats.errors[:3]}")
-
-    # Helpers.
     def _step_key(self, name: str) -> str:
         key = self._step_keys.get(name)
         if key is None:
             key = self._step_keys[name] = keys.sanitize_key(keys.step_key(name))
         return key
 
+    def _keep_initial_values(self) -> None:
+        self._paths = variable_paths(self.model)
+        self._initial_values = {id(v): np.array(v.numpy()) for v in unique_variables(self.model)}
+
     def _drift(self) -> dict[str, float]:
-        """L2 distance of each layer's variables from their initial values, and of the whole model."""
+        """L2 distance of each layer's variables from their values at the start of the fit, and of the
+        whole model (variables created later are left out)."""
         squares: dict[str, float] = {}
         total = 0.0
-        paths = self._paths
         for variable in unique_variables(self.model):
             start = self._initial_values.get(id(variable))
             if start is None or not variable.trainable:
                 continue
             delta = np.asarray(variable.numpy(), dtype=np.float64) - start
             square = float(np.sum(delta * delta))
-            path = paths.get(id(variable), variable.path)
+            path = self._paths.get(id(variable), variable.path)
             layer = owning_layer_path(path) or path
             squares[layer] = squares.get(layer, 0.0) + square
             total += square
@@ -288,26 +763,102 @@ class LayerprintCallback(keras.callbacks.Callback):
         out[keys.DRIFT_MODEL] = float(np.sqrt(total))
         return out
 
-    def _probe(self) -> dict[str, float]:
-        """Fingerprint and norm of the model output on the probe batch (none without one)."""
-        if self.probe_batch is None:
-            return {}
+    def _probe(self, epoch: int) -> dict[str, float]:
+        """Fingerprint and norm of the model output on the probe batch, recorded for ``epoch``."""
         output = np.asarray(keras.ops.convert_to_numpy(self.model(self.probe_batch, training=False)))
-        self._probe_hashes.append(exact_hash(output))
-        self._probe_norms.append(l2_norm(output))
-        return {keys.PROBE_NORM: self._probe_norms[-1]}
+        progress = self._progress
+        progress.probe_epochs.append(epoch)
+        progress.probe_hashes.append(exact_hash(output))
+        progress.probe_norms.append(l2_norm(output))
+        return {keys.PROBE_NORM: progress.probe_norms[-1]}
+
+    def _start_batchnorm(self, epoch: int) -> None:
+        self._bn_layers = find_batchnorm_layers(self.model)
+        if self._bn_layers and epoch not in self._progress.bn_epochs:
+            self._record_batchnorm(epoch)
+
+    def _start_recorder(self) -> FlightRecorder:
+        """The fit's recorder; without a working state reader it still files and publishes the logs."""
+        model = self._model  # not `self.model`: on JAX that would copy the trained state back every time
+        variables = unique_variables(model)
+        reader = self._guard(PART_RECORDER, self._state_reader, model, variables)
+        paths = variable_paths(model)
+        return FlightRecorder(reader, [keys.checksum_key(paths[id(v)]) for v in variables], self._progress.record,
+                              self._log_timed, self.overhead_budget, self.log_every_n_steps,
+                              first_step=self._step_base + 1, sink_stats=lambda: getattr(self.sink, "stats", None),
+                              checksum_every=self.checksum_every)
+
+    def _state_reader(self, model: Any, variables: list[Any]) -> StateReader:
+        reader = _READERS.get(model)
+        if reader is None or reader.variable_ids != [id(v) for v in variables]:
+            reader = StateReader(model, variables, self._bn_layers)
+            reader.warm_up()
+            _READERS[model] = reader
+        return reader
+
+    def _snapshot(self, step: int, final: bool) -> None:
+        if self._recorder.mark(step, final):
+            self._guard(PART_RECORDER, self._recorder.read, step, final)
+
+    def _end_record_block(self, final: bool) -> None:
+        """File the pending reads (a failing reader does not stop the logs) and publish what is due."""
+        self._guard(PART_RECORDER, self._recorder.file_reads)
+        self._guard(PART_SINK, self._recorder.publish_due, final)
+
+    def _log_timed(self, points: dict[str, float], step: int, timestamp_ms: int) -> None:
+        if self.sink is not None and points:
+            self._guard(PART_SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
     def _record_batchnorm(self, epoch: int) -> None:
-        if not self._bn_layers:
-            return
         for name, values in moving_statistics(self._bn_layers).items():
-            self._bn_history.setdefault(name, []).append(values)
-        self._bn_epochs.append(epoch)
+            self._progress.bn_history.setdefault(name, []).append(values)
+        self._progress.bn_epochs.append(epoch)
+
+    def _write_final_weights(self) -> None:
+        variables = unique_variables(self.model)
+        if sum(int(np.prod(v.shape)) for v in variables) > self.max_weights_artifact_params:
+            return
+        paths = variable_paths(self.model)
+        arrays = {keys.sanitize_key(paths[id(v)]): np.asarray(v.numpy()) for v in variables}
+        self._save_artifact(keys.WEIGHTS_FINAL, lambda path: np.savez(path, **arrays))
 
     def _write_json(self, name: str, content: Any) -> None:
-        path = Path(self._tmp.name) / name
-        path.write_text(json.dumps(content, indent=1, sort_keys=True))
-        self.sink.log_artifact(path, keys.ARTIFACT_DIR)
+        self._save_artifact(name, lambda path: path.write_text(json.dumps(content, indent=1, sort_keys=True)))
+
+    def _save_artifact(self, name: str, write: Callable[[Path], Any]) -> None:
+        """Write ``layerprint/<name>`` with ``write(local path)`` and queue it for upload. Each write gets
+        a file of its own, so that rewriting one (``steps.parquet`` every epoch) never races its upload."""
+        path = Path(self._tmp.name) / uuid.uuid4().hex / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        if self.sink is not None:
+            self.sink.log_artifact(path, "/".join([keys.ARTIFACT_DIR, *Path(name).parent.parts]))
+
+
+def _variables_exist(model: Any) -> bool:
+    """Whether every layer of ``model`` is built (the test Keras itself uses before building)."""
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten()) if flatten is not None else [model]
+    return bool(model.variables) and all(getattr(layer, "built", True) for layer in layers)
+
+
+def _eager_scope() -> Any:
+    """``tf.init_scope()`` on the TensorFlow backend (leaves a graph being traced), else nothing."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
+
+
+@atexit.register
+def _end_open_runs() -> None:
+    """End FAILED the runs of fits that raised and were never closed (never left RUNNING)."""
+    for callback in list(_OPEN_CALLBACKS):
+        try:
+            callback._end_abandoned_fit()
+        except Exception:  # noqa: BLE001 - interpreter exit: nothing to raise into
+            pass
 
 
 def _env_or_current_uri() -> str | None:

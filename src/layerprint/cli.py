@@ -44,10 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from layerprint.compare import DEFAULT_ATOL, DEFAULT_RTOL, collect, common_parent, compare_records, render, write_report
+    from layerprint.analysis.compare import DEFAULT_ATOL, DEFAULT_RTOL, compare_records
+    from layerprint.analysis.report import render, write_report
+    from layerprint.analysis.runs import collect, common_parent
     from layerprint.errors import ConfigError
-    from layerprint.tracking import resolve_tracking_uri
-    from layerprint.train import open_store
+    from layerprint.tracking.store import open_store, resolve_tracking_uri
 
     atol = DEFAULT_ATOL if args.atol is None else args.atol
     rtol = DEFAULT_RTOL if args.rtol is None else args.rtol
@@ -76,12 +77,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _claims(args: argparse.Namespace) -> int:
     import json
-    import os
     import tempfile
 
-    from layerprint.claims import CATALOGUE, ERROR, format_markdown, format_table, run_claims
+    from layerprint.analysis.claims import CATALOGUE, ERROR, format_markdown, format_table
     from layerprint.errors import ConfigError
-    from layerprint.tracking import resolve_tracking_uri, strip_credentials
+    from layerprint.tracking.redact import strip_credentials
+    from layerprint.tracking.store import resolve_tracking_uri
 
     known = [claim.id for claim in CATALOGUE]
     unknown = [claim_id for claim_id in args.only or [] if claim_id not in known]
@@ -91,6 +92,8 @@ def _claims(args: argparse.Namespace) -> int:
         uri = resolve_tracking_uri(args.tracking_uri)
     else:
         uri = f"sqlite:///{tempfile.mkdtemp(prefix='layerprint-claims-')}/mlflow.db"
+    from layerprint.runner.lab import run_claims  # trains the runs: the runner, with Hydra
+
     results = run_claims(uri, args.only)
     rendered = {"json": lambda: json.dumps(results, indent=1), "markdown": lambda: format_markdown(results),
                 "table": lambda: format_table(results)}[args.format]()
@@ -100,7 +103,7 @@ def _claims(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from layerprint.sync import sync
+    from layerprint.tracking.spool import sync
 
     result = sync(args.tracking_uri)
     print(f"layerprint sync: {result.runs} run(s), {result.metrics} metric point(s), "
@@ -110,7 +113,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``layerprint``."""
-    from layerprint.runtime import quiet_tensorflow
+    from layerprint.runner.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # claims prints its own table
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = {"compare": _compare, "claims": _claims, "sync": _sync}[args.command](args)
     except LayerprintError as error:
-        from layerprint.tracking import redact
+        from layerprint.tracking.redact import redact
 
         print(f"layerprint {args.command}: error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)

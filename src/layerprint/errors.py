@@ -19,3 +19,9 @@ class DeviceError(LayerprintError):
 
 class TrackingError(LayerprintError):
     """The tracking store cannot be used (bad URI, missing run or experiment)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

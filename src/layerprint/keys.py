@@ -4,27 +4,37 @@ Metric keys:
     ``train/<metric>``          per global step (step = optimizer steps done so far).
     ``epoch/<metric>``          per epoch, training metrics (step = epoch index).
     ``epoch/val_<metric>``      per epoch, validation metrics.
-    ``bn/<layer path>/<stat>/<summary>``  BatchNorm moving statistics, every ``log_every_n_steps``;
+    ``bn/<layer path>/<stat>/<summary>``  BatchNorm moving statistics, at the publishing cadence;
                                 ``<stat>`` is ``moving_mean`` or ``moving_variance`` and
                                 ``<summary>`` one of ``mean``, ``std``, ``min``, ``max``.
     ``drift/<layer path>``      L2 distance of the layer's own variables from their initial
                                 values, per epoch; ``drift/_model`` for the whole model.
     ``probe/output_norm``       L2 norm of the model output on the probe batch, per epoch.
+
+``steps.parquet`` columns (every step; see ``tracking.steps``): ``step``, ``epoch``, ``time_ms``,
+``train/<metric>``, ``bn/...`` as above, and ``checksum/<variable path>``.
 """
 
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_INIT_FINGERPRINT = "layerprint.init_fingerprint"
 TAG_FINAL_FINGERPRINT = "layerprint.final_fingerprint"
 TAG_INIT_TOLERANT = "layerprint.init_tolerant_fingerprint"
 TAG_VARIANT = "layerprint.variant"
 TAG_LAYER = "layerprint.layer"
 TAG_SEED = "layerprint.seed"
-TAG_DEVICE = "layerprint.device"
 TAG_DETERMINISTIC = "layerprint.deterministic"
 TAG_PROBE_FINGERPRINT = "layerprint.probe_fingerprint"
 TAG_SYMMETRY_WARNING = "layerprint.symmetry_warning"
 TAG_SWEEP_DIR = "layerprint.sweep_dir"
 TAG_FAILURE = "layerprint.failure"
 TAG_FAILED_JOBS = "layerprint.failed_jobs"
+TAG_CALLBACK_ERROR = "layerprint.callback_error"
+TAG_INIT_STEP = "layerprint.init_step"
+TAG_LAST_STEP = "layerprint.last_step"
+TAG_LAST_EPOCH = "layerprint.last_epoch"
+TAG_FITS = "layerprint.fits"
+TAG_CHECKSUM_EVERY = "layerprint.checksum_every"
+TAG_PUBLISH_EVERY = "layerprint.publish_every"
 TAG_VERSION_PREFIX = "layerprint.version."
 
 ARTIFACT_DIR = "layerprint"
@@ -34,11 +44,14 @@ SHARING = "sharing.json"
 BATCHNORM = "batchnorm.npz"
 PROBE = "probe.json"
 WEIGHTS_FINAL = "weights_final.npz"
+STEPS = "steps.parquet"
+LATER_FIT_DIR = "fit_{index}"  # artifacts a later fit in the same run takes at its start
 
 STEP_PREFIX = "train/"
 EPOCH_PREFIX = "epoch/"
 BN_PREFIX = "bn/"
 DRIFT_PREFIX = "drift/"
+CHECKSUM_PREFIX = "checksum/"
 DRIFT_MODEL = "drift/_model"
 PROBE_NORM = "probe/output_norm"
 BN_SUMMARIES = ("mean", "std", "min", "max")
@@ -58,6 +71,11 @@ def epoch_key(metric: str) -> str:
 def bn_key(layer_path: str, stat: str, summary: str) -> str:
     """Key of one BatchNorm moving-stat summary, e.g. ``bn/rep_0/moving_mean/std``."""
     return f"{BN_PREFIX}{layer_path}/{stat}/{summary}"
+
+
+def checksum_key(variable_path: str) -> str:
+    """Column of one variable's per-step checksum in ``steps.parquet``, e.g. ``checksum/rep_0/kernel``."""
+    return CHECKSUM_PREFIX + variable_path
 
 
 def drift_key(layer_path: str) -> str:

@@ -8,15 +8,12 @@ from typing import Any
 import numpy as np
 
 from layerprint.errors import DataError
+from layerprint.runner.layer_kinds import KINDS
 
 
 def input_shape(layer: Any) -> tuple[int, ...]:
     """Per-sample input shape the synthetic data has for a layer config (no stem layer needed)."""
-    if layer.kind == "conv2d":
-        return (layer.image_size, layer.image_size, layer.width)
-    if layer.kind in ("lstm", "gru"):
-        return (layer.timesteps, layer.width)
-    return (layer.width,)
+    return KINDS[layer.kind].sample_shape(layer)
 
 
 def synthetic(layer: Any, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,12 +60,10 @@ def load_npz(path: str | Path, layer: Any) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise DataError(f"data file {path} lacks array(s) {', '.join(missing)}; it holds {sorted(arrays)} and needs 'x' and 'y'")
     x, y = arrays["x"], arrays["y"]
-    rank = {"dense": 2, "batchnorm": 2, "conv2d": 4, "lstm": 3, "gru": 3}[layer.kind]
-    if x.ndim != rank:
-        raise DataError(
-            f"x in {path} has shape {x.shape}; layer={layer.kind} needs {rank}-D x "
-            f"({'samples, features' if rank == 2 else 'samples, height, width, channels' if rank == 4 else 'samples, timesteps, features'})"
-        )
+    kind = KINDS[layer.kind]
+    if x.ndim != kind.rank:
+        raise DataError(f"x in {path} has shape {x.shape}; layer={layer.kind} needs {kind.rank}-D x "
+                        f"({', '.join(('samples', *kind.sample))})")
     if len(y) != len(x) or len(x) < 2:
         raise DataError(f"x and y in {path} must hold the same number (>= 2) of samples; got {len(x)} and {len(y)}")
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):

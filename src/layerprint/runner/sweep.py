@@ -22,11 +22,39 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from layerprint import keys
-from layerprint.tracking import experiment_id_for, redact, resolve_tracking_uri, strip_credentials
-from layerprint.train import PARENT_RUN_ENV, SWEEP_FILE, open_store
+from layerprint.tracking.redact import redact, strip_credentials
+from layerprint.tracking.store import experiment_id_for, open_store, resolve_tracking_uri
+
+PARENT_RUN_ENV = "LAYERPRINT_PARENT_RUN_ID"
+SWEEP_FILE = ".layerprint-sweep.json"  # in the sweep dir: {"parent_run_id", "tracking_uri"}
 
 
 failed_jobs: list[str] = []  # "run name: reason" of the last sweep's failed jobs (read by main for the exit code)
+
+
+def sweep_parent_run_id() -> str | None:
+    """The parent run of the sweep this job belongs to: ``LAYERPRINT_PARENT_RUN_ID``, else the
+    sweep dir's ``.layerprint-sweep.json`` (worker processes started before the parent run existed,
+    or on other machines, find it there), else None (a single run)."""
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
+    if not in_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    path = os.path.join(str(HydraConfig.get().sweep.dir), SWEEP_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)["parent_run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 class SweepParentRun(Callback):
@@ -60,7 +88,9 @@ class SweepParentRun(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if self.client is None or self.parent_run_id is None:
             return  # on_multirun_start failed (Hydra reported it); there is no parent run to close
-        from layerprint.compare import collect, compare_records, format_table, write_report
+        from layerprint.analysis.compare import compare_records
+        from layerprint.analysis.report import format_table, write_report
+        from layerprint.analysis.runs import collect
 
         try:
             records = collect(self.client, parent_run_id=self.parent_run_id)
@@ -92,7 +122,7 @@ class SweepParentRun(Callback):
     def _failed_jobs(self) -> list[str]:
         children = self.client.search_runs(
             [self.client.get_run(self.parent_run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=5000)
+            filter_string=f"tags.{keys.TAG_PARENT_RUN_ID} = '{self.parent_run_id}'", max_results=5000)
         return [f"{run.info.run_name}: {run.info.status}: {run.data.tags.get(keys.TAG_FAILURE, 'no reason recorded')}"
                 for run in children if run.info.status != "FINISHED"]
 
@@ -110,8 +140,8 @@ def _warm_up_worker(parallel_jobs: int) -> int:
     import mlflow  # noqa: F401
 
     import layerprint.callback  # noqa: F401
-    import layerprint.train  # noqa: F401
-    from layerprint.runtime import share_cpu_threads
+    import layerprint.runner.models  # noqa: F401
+    from layerprint.runner.runtime import share_cpu_threads
 
     share_cpu_threads(parallel_jobs)
     return os.getpid()
@@ -149,7 +179,7 @@ def start_joblib_workers(launcher: Any) -> threading.Thread | None:
             Parallel(**joblib_cfg)(delayed(_warm_up_worker)(workers) for _ in range(workers))
         except Exception:  # noqa: BLE001 - only a head start; the launcher starts workers itself if this fails
             return
-        import layerprint.plots  # noqa: F401 - matplotlib, for the comparison at the sweep's end, while jobs run
+        import layerprint.analysis.plots  # noqa: F401 - matplotlib, for the comparison at the sweep's end, while jobs run
 
     thread = threading.Thread(target=warm, name="layerprint-warm-workers", daemon=True)
     thread.start()

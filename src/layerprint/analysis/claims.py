@@ -2,7 +2,8 @@
 
 Every claim is an experiment made of ordinary ``layerprint-train`` runs (the same ``train`` function
 and ``LayerprintCallback`` a user runs), logged as children of one ``claims`` parent run in the
-experiment ``layerprint-claims``. A verdict is computed only from what those runs logged: the
+experiment ``layerprint-claims``; the runner trains them (``layerprint.runner.lab``), this module only
+reads what they logged and judges. A verdict is computed only from what those runs logged: the
 per-variable fingerprints (``fingerprints_initial.json`` / ``fingerprints_final.json``),
 ``sharing.json``, ``batchnorm.npz``, ``probe.json`` and the ``train/loss`` curve. ``holds`` and
 ``refuted`` say what the evidence shows; ``error`` that the experiment itself failed.
@@ -13,17 +14,15 @@ two runs that differ only in the variable under test are comparable step by step
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from layerprint import keys
+from layerprint.analysis.compare import first_divergence
+from layerprint.analysis.runs import RunRecord
+from layerprint.errors import first_line
 
 HOLDS, REFUTED, ERROR = "holds", "refuted", "error"
 EXPERIMENT = "layerprint-claims"
@@ -40,27 +39,7 @@ BASE_OVERRIDES = (
 )
 
 
-@dataclass
-class RunEvidence:
-    """What one run logged, read back from the tracking store."""
-
-    run_id: str
-    initial: dict[str, dict[str, Any]]  # variable path -> fingerprint entry
-    final: dict[str, dict[str, Any]]
-    sharing: dict[str, Any]
-    loss: dict[int, float]
-    batchnorm: dict[str, np.ndarray] = field(default_factory=dict)
-    probe: dict[str, Any] | None = None
-    init_fingerprint: str = ""
-    final_fingerprint: str = ""
-
-    def variables_of(self, layer: str, stage: str = "initial") -> dict[str, dict[str, Any]]:
-        """``{path below the layer: entry}`` of the variables whose path starts with ``layer/``."""
-        table = self.initial if stage == "initial" else self.final
-        return {path[len(layer) + 1:]: entry for path, entry in table.items() if path.startswith(layer + "/")}
-
-
-def compare_layers(run: RunEvidence, a: str, b: str, stage: str = "initial") -> tuple[list[str], list[str]]:
+def compare_layers(run: RunRecord, a: str, b: str, stage: str = "initial") -> tuple[list[str], list[str]]:
     """Variables of layer ``a`` and layer ``b`` (matched by their path below the layer) that are
     bitwise equal and that differ.
 
@@ -79,73 +58,12 @@ def _short(entry: dict[str, Any]) -> str:
     return entry["sha256"][:8]
 
 
-class Lab:
-    """Runs and caches the experiments the claims need; reads back what each run logged.
+class Lab(Protocol):
+    """Where the claims' runs come from: ``run(*overrides)`` trains one ``layerprint-train`` run (with
+    the base overrides below) and returns what it logged (``runner.lab.TrainingLab`` does this)."""
 
-    Args:
-        client: an ``MlflowClient`` on ``uri``.
-        uri: the tracking store.
-        parent_run_id: every run is created as a child of this run.
-    """
-
-    def __init__(self, client: Any, uri: str, parent_run_id: str) -> None:
-        self.client = client
-        self.uri = uri
-        self.parent_run_id = parent_run_id
-        self._cache: dict[tuple[str, ...], RunEvidence] = {}
-
-    def run(self, *overrides: str) -> RunEvidence:
-        """Train one run with the base overrides plus ``overrides`` (cached per override set)."""
-        key = tuple(sorted(overrides))
-        if key not in self._cache:
-            self._cache[key] = self._read(self._train(list(BASE_OVERRIDES) + list(overrides)))
-        return self._cache[key]
-
-    def _train(self, overrides: list[str]) -> str:
-        from hydra import compose, initialize_config_module
-        from hydra.core.global_hydra import GlobalHydra
-
-        from layerprint.train import CONFIG_NAME, PARENT_RUN_ENV, train
-
-        GlobalHydra.instance().clear()
-        with initialize_config_module(version_base="1.3", config_module="layerprint.conf"):
-            cfg = compose(config_name=CONFIG_NAME, overrides=[*overrides, f"tracking.experiment={EXPERIMENT}"])
-        GlobalHydra.instance().clear()
-        cfg.tracking.uri = self.uri
-        previous = os.environ.get(PARENT_RUN_ENV)
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        try:
-            return train(cfg)["run_id"]
-        finally:
-            if previous is None:
-                os.environ.pop(PARENT_RUN_ENV, None)
-            else:
-                os.environ[PARENT_RUN_ENV] = previous
-
-    def _read(self, run_id: str) -> RunEvidence:
-        run = self.client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(self.client.download_artifacts(run_id, keys.ARTIFACT_DIR, tmp))
-            initial = json.loads((folder / keys.FINGERPRINTS_INITIAL).read_text())
-            final = json.loads((folder / keys.FINGERPRINTS_FINAL).read_text())
-            sharing = json.loads((folder / keys.SHARING).read_text())
-            probe = json.loads((folder / keys.PROBE).read_text()) if (folder / keys.PROBE).exists() else None
-            batchnorm = {}
-            if (folder / keys.BATCHNORM).exists():
-                with np.load(folder / keys.BATCHNORM) as archive:
-                    batchnorm = {name: archive[name] for name in archive.files}
-        history = self.client.get_metric_history(run_id, keys.step_key("loss"))
-        return RunEvidence(
-            run_id=run_id,
-            initial={v["path"]: v for v in initial["variables"]},
-            final={v["path"]: v for v in final["variables"]},
-            sharing=sharing,
-            loss={m.step: m.value for m in history},
-            batchnorm=batchnorm,
-            probe=probe,
-            init_fingerprint=run.data.tags.get(keys.TAG_INIT_FINGERPRINT, ""),
-            final_fingerprint=run.data.tags.get(keys.TAG_FINAL_FINGERPRINT, ""),
-        )
+    def run(self, *overrides: str) -> RunRecord:
+        ...
 
 
 Verdict = tuple[str, str, list[str]]
@@ -164,7 +82,7 @@ def _layers_differ_at_init(lab: Lab, layer: str, variant: str = "duplicated") ->
     return REFUTED, f"{variant} {layer}: all variables bitwise equal at init ({detail})", [run.run_id]
 
 
-def _layers_equal_at_init(lab: Lab, layer: str, variant: str, *extra: str) -> tuple[bool, str, RunEvidence]:
+def _layers_equal_at_init(lab: Lab, layer: str, variant: str, *extra: str) -> tuple[bool, str, RunRecord]:
     run = lab.run(f"variant={variant}", f"layer={layer}", *extra)
     equal, different = compare_layers(run, "rep_0", "rep_1")
     total = len(equal) + len(different)
@@ -282,8 +200,6 @@ def c14(lab: Lab) -> Verdict:
 
 def _coupled(lab: Lab, variant: str, layer: str) -> Verdict:
     """Holds when one shared instance trains differently from one instance per layer."""
-    from layerprint.compare import first_divergence
-
     shared = lab.run(f"variant={variant}", f"layer={layer}")
     separate = lab.run(f"variant={variant}", f"layer={layer}", "variant.shared_instance=false")
     step, gap = first_divergence(shared.loss, separate.loss, atol=0.0, rtol=0.0)
@@ -334,55 +250,15 @@ CATALOGUE: tuple[Claim, ...] = (
 )
 
 
-def run_claims(uri: str, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the catalogue (or the claims in ``only``) into the store at ``uri``.
-
-    Args:
-        uri: tracking URI; the runs go to the experiment ``layerprint-claims``, under one parent run
-            that also gets ``claims.json``.
-        only: claim ids to run, e.g. ``["C08", "C10"]``.
-
-    Returns:
-        ``[{"id", "source", "claim", "verdict", "evidence", "run_ids", "versions"}]``.
-    """
-    from layerprint.runtime import versions
-    from layerprint.tracking import experiment_id_for
-    from layerprint.train import open_store
-
-    client = open_store(uri)
-    installed = versions()
-    # Several experiments make identical groups on purpose; their symmetry warnings are the evidence here.
-    callback_logger = logging.getLogger("layerprint")
-    level = callback_logger.level
-    callback_logger.setLevel(logging.ERROR)
-    parent = client.create_run(
-        experiment_id_for(client, uri, EXPERIMENT), run_name="claims",
-        tags={keys.TAG_VERSION_PREFIX + name: value for name, value in installed.items()},
-    )
-    parent_id = parent.info.run_id
-    lab = Lab(client, uri, parent_id)
-    results, status = [], "FAILED"
+def claim_result(claim: Claim, lab: Lab, versions: dict[str, str]) -> dict[str, Any]:
+    """Run one claim's experiment: ``{"id", "source", "claim", "verdict", "evidence", "run_ids", "versions"}``;
+    an experiment that raises gives the verdict ``error`` with the reason as evidence."""
     try:
-        for claim in CATALOGUE:
-            if only and claim.id not in only:
-                continue
-            try:
-                verdict, evidence, run_ids = claim.test(lab)
-            except Exception as error:  # noqa: BLE001 - one failed experiment is reported, the rest go on
-                verdict, evidence, run_ids = ERROR, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}", []
-            results.append({"id": claim.id, "source": claim.source, "claim": claim.claim, "verdict": verdict,
-                            "evidence": evidence, "run_ids": run_ids,
-                            "versions": {"tensorflow": installed["tensorflow"], "keras": installed["keras"]}})
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "claims.json"
-            path.write_text(json.dumps(results, indent=1))
-            client.log_artifact(parent_id, str(path))
-        client.set_tag(parent_id, "layerprint.claims", " ".join(f"{r['id']}={r['verdict']}" for r in results))
-        status = "FINISHED"
-    finally:
-        client.set_terminated(parent_id, status=status)
-        callback_logger.setLevel(level)
-    return results
+        verdict, evidence, run_ids = claim.test(lab)
+    except Exception as error:  # noqa: BLE001 - one failed experiment is reported, the rest go on
+        verdict, evidence, run_ids = ERROR, f"{type(error).__name__}: {first_line(error)[:200]}", []
+    return {"id": claim.id, "source": claim.source, "claim": claim.claim, "verdict": verdict, "evidence": evidence,
+            "run_ids": run_ids, "versions": {"tensorflow": versions["tensorflow"], "keras": versions["keras"]}}
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

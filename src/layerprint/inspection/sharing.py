@@ -16,33 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-
-def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
-    """Every layer inside ``model``, depth first, as ``(path, layer, parent)``.
-
-    ``path`` joins layer names with ``/`` like Keras variable paths, relative to the model (the
-    root model's own name is not part of it, see ``fingerprint.root_prefix``); a layer reachable
-    through several parents appears once per parent.
-    """
-    found = []
-
-    def visit(parent: Any, prefix: str) -> None:
-        for layer in getattr(parent, "_layers", None) or _direct_sublayers(parent):
-            if type(layer).__name__ == "InputLayer":
-                continue
-            path = f"{prefix}{layer.name}"
-            found.append((path, layer, parent))
-            visit(layer, path + "/")
-
-    visit(model, "")
-    return found
-
-
-def _direct_sublayers(layer: Any) -> list[Any]:
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is None:
-        return []
-    return list(flatten(include_self=False, recursive=False))
+from layerprint.inspection.paths import variable_paths, walk_layers
 
 
 def call_sites(model: Any) -> dict[str, int]:
@@ -88,8 +62,6 @@ def shared_variables(model: Any, sites: dict[str, int]) -> dict[str, list[str]]:
         ``{variable path: [layer path, ...]}``; a layer with ``n > 1`` call sites is listed once per
         site as ``"<layer path>#<i>"``.
     """
-    from layerprint.fingerprint import variable_paths
-
     relative = variable_paths(model)
     users: dict[int, tuple[str, list[str]]] = {}
     for path, layer, _ in walk_layers(model):

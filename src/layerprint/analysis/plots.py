@@ -43,9 +43,16 @@ def _save(fig: Any, path: Path, colours: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def plot_loss_curves(records: list[Any], path: Path) -> Path:
-    """Per-step loss of every run, one panel per layer kind, coloured by variant."""
+def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | None = None) -> Path:
+    """Per-step loss of every run, one panel per layer kind, coloured by variant; a dotted line marks
+    each step where a pair of runs' weights first part (``first_weight_divergence``)."""
     colours = variant_colours(records)
+    layer_of = {r.run_id: r.layer or "?" for r in records}
+    parts: dict[str, set[int]] = {}
+    for pair in (report or {}).get("pairs", []):
+        divergence = pair.get("first_weight_divergence")
+        if divergence and layer_of.get(pair["a"]) == layer_of.get(pair["b"]):
+            parts.setdefault(layer_of[pair["a"]], set()).add(divergence["step"])
     layers = list(dict.fromkeys(r.layer or "?" for r in records))
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 2.8 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
@@ -55,7 +62,10 @@ def plot_loss_curves(records: list[Any], path: Path) -> Path:
             steps = sorted(record.loss)
             values = [record.loss[s] for s in steps]
             ax.plot(steps, values, color=colours[record.variant or "?"], lw=1.2, alpha=0.85)
-        ax.set_title(f"layer={layer}", fontsize=10)
+        for step in sorted(parts.get(layer, ())):
+            ax.axvline(step, color="black", ls=":", lw=0.8)
+        marked = f"; weights part at step {', '.join(map(str, sorted(parts[layer])))}" if parts.get(layer) else ""
+        ax.set_title(f"layer={layer}{marked}", fontsize=10)
         ax.set_xlabel("global step")
         ax.set_ylabel("train/loss")
         if all(v > 0 for r in records if (r.layer or "?") == layer for v in r.loss.values() if np.isfinite(v)):
@@ -138,7 +148,7 @@ def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path) -> li
     """
     out = Path(out_dir)
     written = [
-        plot_loss_curves(records, out / "loss_curves.png"),
+        plot_loss_curves(records, out / "loss_curves.png", report),
         plot_batchnorm(records, out / "batchnorm.png"),
         plot_distance_heatmap(report, out / "weight_distance.png"),
         plot_init_matrix(report, out / "init_matrix.png"),

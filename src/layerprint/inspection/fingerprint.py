@@ -30,6 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from layerprint.inspection.paths import owning_layer_path, unique_variables, variable_paths
+
 TOLERANT_MANTISSA_BITS = 7
 _F32_DROP_BITS = 23 - TOLERANT_MANTISSA_BITS  # 16: what is left is a bfloat16 bit pattern
 _F32_ROUND = np.uint32(1 << (_F32_DROP_BITS - 1))
@@ -125,47 +127,6 @@ def l2_norm(values: np.ndarray) -> float:
     if not np.isfinite(norm):
         norm = float(np.linalg.norm(flat[np.isfinite(flat)].astype(np.float64)))
     return norm
-
-
-def owning_layer_path(variable_path: str) -> str:
-    """The path of the layer that created a variable: its path without the last component
-    (``block/bn/moving_mean`` is owned by ``block/bn``)."""
-    return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
-
-
-SEED_STATE_NAME = "seed_generator_state"
-
-
-def unique_variables(model: Any) -> list[Any]:
-    """The model's weight variables in order, each once (a shared layer's variables appear once);
-    RNG state variables of Keras ``SeedGenerator`` are left out (see module doc)."""
-    seen, out = set(), []
-    for variable in model.variables:
-        if variable.path.rsplit("/", 1)[-1] == SEED_STATE_NAME:
-            continue
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            out.append(variable)
-    return out
-
-
-def root_prefix(model: Any) -> str:
-    """``"<model name>/"`` when every variable path starts with it, else ``""``.
-
-    Keras puts the root model's name in front of the variable paths of Sequential and subclassed
-    models (``sequential_3/dense/kernel``) but not of functional ones (``dense/kernel``). The name is
-    numbered per process, so layerprint leaves it out: the same model built twice in one process (a
-    notebook, a sweep) gets the same paths, and so the same fingerprint.
-    """
-    prefix = f"{model.name}/"
-    paths = [v.path for v in model.variables]
-    return prefix if paths and all(p.startswith(prefix) for p in paths) else ""
-
-
-def variable_paths(model: Any) -> dict[int, str]:
-    """``{id(variable): path relative to the model}`` for the model's variables (see ``root_prefix``)."""
-    cut = len(root_prefix(model))
-    return {id(v): v.path[cut:] for v in model.variables}
 
 
 def variables_as_numpy(model: Any) -> list[tuple[str, str, np.ndarray]]:

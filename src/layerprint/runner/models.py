@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 from layerprint.errors import ConfigError
-from layerprint.layers import KINDS, constant_overrides
+from layerprint.runner.layer_kinds import KINDS, constant_overrides
+from layerprint.runner.schema import Variant
 
 
 def _seed_keras(seed: int) -> None:
@@ -26,20 +27,20 @@ def _seed_tf(seed: int) -> None:
     tf.random.set_seed(seed)
 
 
-def _argument_overrides(variant: str, kind: Any) -> dict[str, Any]:
+def _argument_overrides(variant: Variant, kind: Any) -> dict[str, Any]:
     """Constructor arguments the variant sets: new initializer, regularizer or constraint instances."""
-    if variant == "constant_init":
+    if variant == Variant.CONSTANT_INIT:
         return constant_overrides(kind)
-    if variant == "shared_initializer":
+    if variant == Variant.SHARED_INITIALIZER:
         return {arg: make() for arg, make in kind.initializer_args.items()}
-    if variant == "shared_regularizer":
+    if variant == Variant.SHARED_REGULARIZER:
         return {kind.regularizer_arg: keras.regularizers.L2(1e-3)}
-    if variant == "shared_constraint":
+    if variant == Variant.SHARED_CONSTRAINT:
         return {kind.constraint_arg: keras.constraints.MaxNorm(1.0, axis=kind.constraint_axis)}
     return {}
 
 
-def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any,
+def _repeats(variant: Variant, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any,
              shared_instance: bool = True) -> tuple[list[Any], Any]:
     """Call the repeats on ``inputs``; returns (the layers in call order, the output tensor).
 
@@ -48,28 +49,28 @@ def _repeats(variant: str, kind_name: str, cfg: Any, n: int, seed: int, inputs: 
     """
     kind = KINDS[kind_name]
     overrides = _argument_overrides(variant, kind)
-    if variant == "seeded_once":
+    if variant == Variant.SEEDED_ONCE:
         _seed_keras(seed)
 
-    shared = kind.build(cfg, "rep", **overrides) if variant == "shared" else None
+    shared = kind.build(cfg, "rep", **overrides) if variant == Variant.SHARED else None
     layers, x = [], inputs
     for i in range(n):
         if kind.spacer:
             x = keras.layers.Dense(cfg.width, activation="relu", name=f"spacer_{i}")(x)
-        if variant == "reseeded":
+        if variant == Variant.RESEEDED:
             _seed_keras(seed)
-        elif variant == "tf_reseeded":
+        elif variant == Variant.TF_RESEEDED:
             _seed_tf(seed)
         if shared is not None:
             layer = shared
-        elif variant == "cloned" and i > 0:
+        elif variant == Variant.CLONED and i > 0:
             layer = _clone(layers[0], f"rep_{i}")
         else:
             own = overrides if shared_instance or i == 0 else _argument_overrides(variant, kind)
             layer = kind.build(cfg, f"rep_{i}", **own)
         x = layer(x)
         layers.append(layer)
-    if variant == "copied":
+    if variant == Variant.COPIED:
         for layer in layers[1:]:
             layer.set_weights(layers[0].get_weights())
     return layers, x
@@ -96,25 +97,20 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -
     Returns:
         An uncompiled ``keras.Model`` named ``layerprint_<variant>_<layer>``.
     """
-    variant, kind_name = cfg.variant.name, cfg.layer.kind
-    if kind_name not in KINDS:
-        raise ConfigError(f"layer {kind_name!r} is unknown; valid layers: {', '.join(KINDS)}")
+    variant, kind_name = Variant(cfg.variant.name), cfg.layer.kind
+    kind = KINDS[kind_name]
     inputs = keras.Input(shape=input_shape, name="inputs")
     x = inputs
-    needs = {"conv2d": 4, "lstm": 3, "gru": 3}.get(kind_name, 2)
-    if len(input_shape) + 1 != needs:
-        raise ConfigError(f"layer={kind_name} needs {needs - 1}-D samples, the data has shape {input_shape}")
+    if len(input_shape) + 1 != kind.rank:
+        raise ConfigError(f"layer={kind_name} needs {kind.rank - 1}-D samples, the data has shape {input_shape}")
     if input_shape[-1] != cfg.layer.width:
         # The repeats map width -> width; project other feature counts once, before them.
-        stem = keras.layers.Conv2D(cfg.layer.width, 1, name="stem") if kind_name == "conv2d" else keras.layers.Dense(cfg.layer.width, name="stem")
-        x = stem(x)
+        x = kind.stem(cfg.layer.width, "stem")(x)
     _, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x, cfg.variant.shared_instance)
-    if kind_name == "conv2d":
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    elif kind_name in ("lstm", "gru"):
-        x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    if kind.pooling is not None:
+        x = kind.pooling(name="pool")(x)
     outputs = keras.layers.Dense(output_units, name="head")(x)
-    return keras.Model(inputs, outputs, name=f"layerprint_{variant}_{kind_name}")
+    return keras.Model(inputs, outputs, name=f"layerprint_{variant.value}_{kind_name}")
 
 
 def output_units(y: np.ndarray) -> tuple[int, str]:

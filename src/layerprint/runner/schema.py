@@ -8,26 +8,43 @@ Value ranges (positive sizes, known devices) are checked by ``validate``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
 from layerprint.errors import ConfigError
 
-VARIANTS = (
-    "duplicated",
-    "shared",
-    "cloned",
-    "copied",
-    "reseeded",
-    "tf_reseeded",
-    "seeded_once",
-    "constant_init",
-    "shared_initializer",
-    "shared_regularizer",
-    "shared_constraint",
-)
-LAYER_KINDS = ("dense", "conv2d", "lstm", "gru", "batchnorm")
+
+
+class Variant(str, Enum):
+    """How the repeats of the block are made (``variant=``; one ``conf/variant/<name>.yaml`` each)."""
+
+    DUPLICATED = "duplicated"
+    SHARED = "shared"
+    CLONED = "cloned"
+    COPIED = "copied"
+    RESEEDED = "reseeded"
+    TF_RESEEDED = "tf_reseeded"
+    SEEDED_ONCE = "seeded_once"
+    CONSTANT_INIT = "constant_init"
+    SHARED_INITIALIZER = "shared_initializer"
+    SHARED_REGULARIZER = "shared_regularizer"
+    SHARED_CONSTRAINT = "shared_constraint"
+
+
+class LayerKindName(str, Enum):
+    """The repeated layer (``layer=``; one ``conf/layer/<name>.yaml`` each, facts in ``layer_kinds``)."""
+
+    DENSE = "dense"
+    CONV2D = "conv2d"
+    LSTM = "lstm"
+    GRU = "gru"
+    BATCHNORM = "batchnorm"
+
+
+VARIANTS = tuple(variant.value for variant in Variant)
+LAYER_KINDS = tuple(kind.value for kind in LayerKindName)
 DEVICES = ("cpu", "gpu", "auto")
 DATA_SOURCES = ("synthetic", "npz")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")

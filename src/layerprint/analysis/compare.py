@@ -1,0 +1,157 @@
+"""Comparing logged runs: which started identical, where their loss curves and weights part, how far
+weights end apart.
+
+Loss curves come from each run's flight record (``steps.parquet``, every step) when it has one, else
+from the published ``train/loss`` metric. ``first_weight_divergence`` is the first step, among the
+steps where both records hold checksums, at which some variable's checksum differs between the two
+runs, with those variables: ``{"step": K, "variables": [path, ...]}``; null when they never differ or
+share no checksummed variable and step.
+
+``first_divergence_step`` is the first global step logged by both runs where
+``|loss_a - loss_b| > atol + rtol * max(|loss_a|, |loss_b|)`` (defaults ``atol=1e-6``,
+``rtol=1e-5``, settable); ``max_loss_gap`` the largest ``|loss_a - loss_b|`` over the common steps.
+``final_weight_distance`` is the L2 norm of the difference of the final weights over the variables
+both runs have (same path and shape), from their ``weights_final.npz``; null when they share none.
+``batchnorm_gap`` is the largest ``|a - b|`` between the two runs' moving mean and moving variance at
+their last logged epoch, over the BatchNorm layers both runs have (same path), from their
+``batchnorm.npz``; null when they share none.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from layerprint.analysis.runs import RunRecord
+
+DEFAULT_ATOL = 1e-6
+DEFAULT_RTOL = 1e-5
+
+
+def batchnorm_gap(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> tuple[float | None, dict[str, float]]:
+    """Largest absolute difference of the last logged moving statistics, overall and per layer."""
+    if not a or not b:
+        return None, {}
+    per_layer: dict[str, float] = {}
+    for name in sorted(set(a) & set(b)):
+        last_a, last_b = a[name][-1], b[name][-1]
+        if last_a.shape != last_b.shape:
+            continue
+        layer = name.rsplit("/", 1)[0]
+        gap = float(np.max(np.abs(last_a.astype(np.float64) - last_b.astype(np.float64)), initial=0.0))
+        per_layer[layer] = max(per_layer.get(layer, 0.0), gap)
+    if not per_layer:
+        return None, {}
+    return max(per_layer.values()), per_layer
+
+
+def groups(records: list[RunRecord], attribute: str) -> list[list[str]]:
+    """Run ids grouped by an equal fingerprint attribute, largest group first; singletons included."""
+    by_value: dict[str, list[str]] = {}
+    for record in records:
+        value = getattr(record, attribute)
+        if value:
+            by_value.setdefault(value, []).append(record.run_id)
+    return sorted(by_value.values(), key=lambda g: (-len(g), g))
+
+
+def first_divergence(a: dict[int, float], b: dict[int, float], atol: float = DEFAULT_ATOL,
+                     rtol: float = DEFAULT_RTOL) -> tuple[int | None, float | None]:
+    """First common step where two loss curves differ beyond the tolerance, and the largest gap.
+
+    Returns:
+        ``(step or None, max gap or None when the curves share no step)``.
+    """
+    steps = sorted(set(a) & set(b))
+    if not steps:
+        return None, None
+    va = np.array([a[s] for s in steps], dtype=np.float64)
+    vb = np.array([b[s] for s in steps], dtype=np.float64)
+    gap = np.abs(va - vb)
+    both_nan = np.isnan(va) & np.isnan(vb)
+    gap = np.where(both_nan, 0.0, gap)
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    over = gap > atol + rtol * np.maximum(np.abs(va), np.abs(vb))
+    first = int(steps[int(np.argmax(over))]) if over.any() else None
+    return first, float(gap.max())
+
+
+def first_weight_divergence(a: RunRecord, b: RunRecord) -> dict[str, Any] | None:
+    """Where two runs' weights first differ, to the step and the variable (module doc)."""
+    if a.checksums is None or b.checksums is None:
+        return None
+    paths = sorted(set(a.checksums) & set(b.checksums))
+    if not paths:
+        return None
+    rows_a = {int(step): row for row, step in enumerate(a.checksum_steps)}
+    rows_b = {int(step): row for row, step in enumerate(b.checksum_steps)}
+    table_a = np.stack([a.checksums[p] for p in paths], 1)
+    table_b = np.stack([b.checksums[p] for p in paths], 1)
+    for step in sorted(set(rows_a) & set(rows_b)):
+        left, right = table_a[rows_a[step]], table_b[rows_b[step]]
+        taken = (left >= 0) & (right >= 0)
+        if not taken.any():
+            continue
+        differ = taken & (left != right)
+        if differ.any():
+            return {"step": step, "variables": [paths[i] for i in np.flatnonzero(differ)]}
+    return None
+
+
+def weight_distance(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> tuple[float | None, dict[str, float]]:
+    """L2 distance over common variables, overall and per owning layer."""
+    if not a or not b:
+        return None, {}
+    per_layer: dict[str, float] = {}
+    for path in sorted(set(a) & set(b)):
+        if a[path].shape != b[path].shape:
+            continue
+        delta = a[path].astype(np.float64) - b[path].astype(np.float64)
+        layer = path.rsplit("/", 1)[0]
+        per_layer[layer] = per_layer.get(layer, 0.0) + float(np.sum(delta * delta))
+    if not per_layer:
+        return None, {}
+    total = float(np.sqrt(sum(per_layer.values())))
+    return total, {layer: float(np.sqrt(v)) for layer, v in per_layer.items()}
+
+
+def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+    """The comparison report (the ``--format json`` document).
+
+    Returns:
+        ``{"runs": [...], "init_groups": [[run_id, ...]], "tolerant_init_groups": [...],
+        "pairs": [{"a", "b", "identical_init", "first_divergence_step", "first_weight_divergence",
+        "max_loss_gap", "final_weight_distance", "final_weight_distance_per_layer", "batchnorm_gap",
+        "batchnorm_gap_per_layer"}], "tolerance": {...}}``.
+    """
+    runs = [
+        {"run_id": r.run_id, "run_name": r.run_name, "variant": r.variant, "layer": r.layer, "seed": r.seed,
+         "status": r.status, "init_fingerprint": r.init_fingerprint, "final_fingerprint": r.final_fingerprint}
+        for r in records
+    ]
+    pairs = []
+    for a, b in combinations(records, 2):
+        step, gap = first_divergence(a.loss, b.loss, atol, rtol)
+        distance, per_layer = weight_distance(a.weights, b.weights)
+        bn_gap, bn_per_layer = batchnorm_gap(a.batchnorm, b.batchnorm)
+        pairs.append({
+            "a": a.run_id,
+            "b": b.run_id,
+            "identical_init": bool(a.init_fingerprint) and a.init_fingerprint == b.init_fingerprint,
+            "first_divergence_step": step,
+            "first_weight_divergence": first_weight_divergence(a, b),
+            "max_loss_gap": gap,
+            "final_weight_distance": distance,
+            "final_weight_distance_per_layer": per_layer,
+            "batchnorm_gap": bn_gap,
+            "batchnorm_gap_per_layer": bn_per_layer,
+        })
+    return {
+        "runs": runs,
+        "init_groups": groups(records, "init_fingerprint"),
+        "tolerant_init_groups": groups(records, "init_tolerant"),
+        "pairs": pairs,
+        "tolerance": {"atol": atol, "rtol": rtol},
+    }

@@ -1,0 +1,136 @@
+"""The comparison as text and files: a terminal table, Markdown, JSON, and the report folder with plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from layerprint.analysis.runs import RunRecord
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _weights_part(divergence: dict[str, Any] | None, width: int) -> str:
+    """``first_weight_divergence`` in a cell: ``<step>: <variable>[ +n]``, cut to ``width``."""
+    if not divergence:
+        return "-"
+    first, more = divergence["variables"][0], len(divergence["variables"]) - 1
+    text = f"{divergence['step']}: {first}" + (f" +{more}" if more else "")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _bn_rows(report: dict[str, Any]) -> list[list[str]]:
+    names = {r["run_id"]: r["run_name"] for r in report["runs"]}
+    return [[names[p["a"]], names[p["b"]], _fmt(p["batchnorm_gap"]),
+             ", ".join(f"{layer} {gap:.3g}" for layer, gap in p["batchnorm_gap_per_layer"].items())[:40]]
+            for p in report["pairs"] if p.get("batchnorm_gap") is not None]
+
+
+def _rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+    names = {r["run_id"]: r["run_name"] for r in report["runs"]}
+    group_of = {rid: i + 1 for i, g in enumerate(report["init_groups"]) for rid in g}
+    run_rows = [[r["run_name"], r["variant"] or "-", r["layer"] or "-", r["seed"] or "-",
+                 f"G{group_of.get(r['run_id'], '-')}", (r["init_fingerprint"] or "-")[:12], r["status"]]
+                for r in report["runs"]]
+    same_layer = [p for p in report["pairs"]
+                  if _layer_of(report, p["a"]) == _layer_of(report, p["b"])]
+    pair_rows = [[names[p["a"]], names[p["b"]], _fmt(p["identical_init"]), _fmt(p["first_divergence_step"]),
+                  _weights_part(p.get("first_weight_divergence"), 22), _fmt(p["max_loss_gap"]),
+                  _fmt(p["final_weight_distance"])] for p in same_layer]
+    return run_rows, pair_rows
+
+
+def _layer_of(report: dict[str, Any], run_id: str) -> str | None:
+    return next(r["layer"] for r in report["runs"] if r["run_id"] == run_id)
+
+
+RUN_HEADER = ["run", "variant", "layer", "seed", "init group", "init fp", "status"]
+PAIR_HEADER = ["run a", "run b", "same init", "diverges at", "weights part at", "max loss gap", "weight dist"]
+BN_HEADER = ["run a", "run b", "bn gap", "largest per layer"]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A terminal table (fits 100 columns): runs with their init group, then pairs of runs of the
+    same layer kind."""
+    run_rows, pair_rows = _rows(report)
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)] if rows else [len(h) for h in header]
+        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+    groups_line = sum(1 for g in report["init_groups"] if len(g) > 1)
+    tol = report["tolerance"]
+    lines = [
+        f"Runs ({len(report['runs'])}); runs in one init group start with bitwise-identical weights "
+        f"({groups_line} group(s) of 2+):",
+        table(RUN_HEADER, run_rows),
+        "",
+        f"Pairs of runs of the same layer (loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g});",
+        "'diverges at': first step the losses differ; 'weights part at': first step a variable's checksum",
+        "differs, and which ('-' = never / not comparable):",
+        table(PAIR_HEADER, pair_rows),
+    ]
+    bn_rows = _bn_rows(report)
+    if bn_rows:
+        lines += ["", "BatchNorm moving-stat gap at the last epoch (layers of the same path in both runs):",
+                  table(BN_HEADER, bn_rows)]
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The same content as ``format_table`` as Markdown tables."""
+    run_rows, pair_rows = _rows(report)
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        return "\n".join(out)
+
+    parts = ["## Runs", table(RUN_HEADER, run_rows), "## Pairs (same layer kind)", table(PAIR_HEADER, pair_rows)]
+    bn_rows = _bn_rows(report)
+    if bn_rows:
+        parts += ["## BatchNorm moving-stat gap (last epoch)", table(BN_HEADER, bn_rows)]
+    return "\n\n".join(parts)
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    """The report as ``table``, ``json`` or ``markdown``."""
+    if fmt == "json":
+        return json.dumps(report, indent=1, sort_keys=True)
+    if fmt == "markdown":
+        return format_markdown(report)
+    return format_table(report)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunRecord] | None = None) -> list[Path]:
+    """Write ``compare.json``, ``compare.md``, ``compare.txt`` and, given the records, the plots.
+
+    Args:
+        report: from ``compare_records``.
+        out_dir: created if missing.
+        records: the compared runs; their curves and arrays are plotted (see ``layerprint.analysis.plots``).
+
+    Returns:
+        The files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fmt in (("compare.json", "json"), ("compare.md", "markdown"), ("compare.txt", "table")):
+        (out / name).write_text(render(report, fmt) + "\n")
+        written.append(out / name)
+    if records is not None:
+        from layerprint.analysis.plots import write_plots
+
+        written += write_plots(report, records, out)
+    return written

@@ -1,0 +1,81 @@
+"""Where a variable or layer sits in a model: paths relative to the model, owning layers, each layer once.
+
+Paths are relative to the model: Keras puts the root model's name in front of the variable paths of
+Sequential and subclassed models (``sequential_3/dense/kernel``) and numbers that name per process,
+so it is left out (``dense/kernel``). Keras ``SeedGenerator`` state variables
+(``.../seed_generator_state``) are not weights and are left out: their paths carry a process-wide
+counter, so the same model built twice in one process would look different.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def owning_layer_path(variable_path: str) -> str:
+    """The path of the layer that created a variable: its path without the last component
+    (``block/bn/moving_mean`` is owned by ``block/bn``)."""
+    return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
+
+
+SEED_STATE_NAME = "seed_generator_state"
+
+
+def unique_variables(model: Any) -> list[Any]:
+    """The model's weight variables in order, each once (a shared layer's variables appear once);
+    RNG state variables of Keras ``SeedGenerator`` are left out (see the module doc)."""
+    seen, out = set(), []
+    for variable in model.variables:
+        if variable.path.rsplit("/", 1)[-1] == SEED_STATE_NAME:
+            continue
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            out.append(variable)
+    return out
+
+
+def root_prefix(model: Any) -> str:
+    """``"<model name>/"`` when every variable path starts with it, else ``""``.
+
+    Keras puts the root model's name in front of the variable paths of Sequential and subclassed
+    models (``sequential_3/dense/kernel``) but not of functional ones (``dense/kernel``). The name is
+    numbered per process, so layerprint leaves it out: the same model built twice in one process (a
+    notebook, a sweep) gets the same paths, and so the same fingerprint.
+    """
+    prefix = f"{model.name}/"
+    paths = [v.path for v in model.variables]
+    return prefix if paths and all(p.startswith(prefix) for p in paths) else ""
+
+
+def variable_paths(model: Any) -> dict[int, str]:
+    """``{id(variable): path relative to the model}`` for the model's variables (see ``root_prefix``)."""
+    cut = len(root_prefix(model))
+    return {id(v): v.path[cut:] for v in model.variables}
+
+
+def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
+    """Every layer inside ``model``, depth first, as ``(path, layer, parent)``.
+
+    ``path`` joins layer names with ``/`` like Keras variable paths, relative to the model (the
+    root model's own name is not part of it, see ``root_prefix``); a layer reachable
+    through several parents appears once per parent.
+    """
+    found = []
+
+    def visit(parent: Any, prefix: str) -> None:
+        for layer in getattr(parent, "_layers", None) or _direct_sublayers(parent):
+            if type(layer).__name__ == "InputLayer":
+                continue
+            path = f"{prefix}{layer.name}"
+            found.append((path, layer, parent))
+            visit(layer, path + "/")
+
+    visit(model, "")
+    return found
+
+
+def _direct_sublayers(layer: Any) -> list[Any]:
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return list(flatten(include_self=False, recursive=False))

@@ -1,0 +1,258 @@
+"""Getting points into MLflow without slowing training or losing them.
+
+``RunSink`` takes metrics, params, tags and artifact files from the training thread (appending to a
+list under a lock: microseconds) and a background thread sends them: points with
+``MlflowClient.log_batch`` in chunks within MLflow's limits (``store.batch_chunks``), files with
+``log_artifact``. A chunk the store refuses or cannot take is written to the local spool
+(``spool.RunSpool``) instead, with its original timestamps, and one warning is printed;
+``layerprint sync`` replays it later and nothing lands twice (see ``spool``).
+
+MLflow's own async logging is not used for this: its queue is unbounded and a failed batch is
+reported as success to the callers (see README, "Why a sink of our own").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerprint.errors import first_line
+from layerprint.tracking.redact import no_url_print_with_credentials, redact
+from layerprint.tracking.spool import RunSpool, SyncResult, spool_root, sync_file
+from layerprint.tracking.store import MAX_PARAM_VALUE, MAX_TAG_VALUE, batch_chunks, log_batch, reachable
+
+
+@dataclass
+class SinkStats:
+    """What a sink did: points sent to the store and points written to the spool."""
+
+    metrics_sent: int = 0
+    metrics_spooled: int = 0
+    send_seconds: float = 0.0  # CPU time the sender thread spent in MLflow's log_batch
+    artifacts_spooled: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _truncate(value: Any, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RunSink:
+    """Non-blocking writer for one MLflow run, with a local spool for what the store does not take.
+
+    Args:
+        tracking_uri: the store (credentials are never written to the spool).
+        run_id: the MLflow run, or a local id when the run could not be created (``offline``).
+        flush_interval: seconds between sends by the background thread.
+        offline_run: when the run could not be created: ``{"experiment_name", "run_name",
+            "parent_run_id"}`` so that ``sync`` can create it later.
+        strict: raise tracking errors instead of spooling (for tests).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        flush_interval: float = 1.0,
+        offline_run: dict[str, Any] | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.flush_interval = flush_interval
+        self.strict = strict
+        self.stats = SinkStats()
+        self._offline = offline_run is not None
+        self._lock = threading.Lock()
+        self._metrics: list[tuple[str, float, int, int]] = []
+        self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._inflight: tuple[list, dict, dict] | None = None
+        self._artifacts: list[tuple[Path, str | None]] = []  # files to upload, oldest first
+        self._artifact_inflight: tuple[Path, str | None] | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        self._warned = False
+        self._client = None
+        self.spool = RunSpool(run_id, tracking_uri)
+        if self._offline:
+            self.spool.create_run(offline_run.get("experiment_name"), offline_run.get("run_name"),
+                                  offline_run.get("parent_run_id"))
+        self._thread = threading.Thread(target=self._run, name="layerprint-sink", daemon=True)
+        self._thread.start()
+
+    # Training-thread side: append and return.
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queue metric values for one step, with their timestamp (default: now), in milliseconds."""
+        timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        with self._lock:
+            self._metrics.extend((key, float(value), timestamp, step) for key, value in metrics.items())
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Queue params (values cut to MLflow's 6,000 characters)."""
+        with self._lock:
+            self._params.update({k: _truncate(v, MAX_PARAM_VALUE) for k, v in params.items()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Queue tags (values cut to MLflow's 8,000 characters)."""
+        with self._lock:
+            self._tags.update({k: _truncate(v, MAX_TAG_VALUE) for k, v in tags.items()})
+
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Queue a file for upload by the background thread (spooled if the upload fails). The file
+        must stay in place until ``flush`` or ``close`` returns."""
+        if self._offline:
+            self._spool_artifact(Path(local_path), artifact_path)
+            return
+        with self._lock:
+            self._artifacts.append((Path(local_path), artifact_path))
+        self._wake.set()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Send everything queued so far; True when it was all sent or spooled within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = (not (self._metrics or self._params or self._tags or self._artifacts)
+                        and self._inflight is None and self._artifact_inflight is None)
+            if idle:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 30.0) -> SinkStats:
+        """Flush, stop the thread, spool whatever could not be sent in ``timeout`` seconds."""
+        self.flush(timeout)
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=max(0.1, timeout / 10))
+        with self._lock:
+            leftovers = (self._metrics, self._params, self._tags)
+            self._metrics, self._params, self._tags = [], {}, {}
+            inflight = self._inflight
+            files = ([self._artifact_inflight] if self._artifact_inflight else []) + self._artifacts
+            self._artifacts, self._artifact_inflight = [], None
+        for local_path, artifact_path in files:
+            self._spool_artifact(local_path, artifact_path)
+        # Whatever the thread still holds is spooled too; should its request succeed later, the
+        # replay is dropped by the store as a duplicate.
+        for metrics, params, tags in ([inflight] if inflight else []) + [leftovers]:
+            if metrics or params or tags:
+                self._spool_batch(metrics, params, tags)
+        if self.stats.metrics_spooled or self.stats.artifacts_spooled:
+            self._replay_spool()
+        return self.stats
+
+    def _replay_spool(self) -> None:
+        """Send this run's spooled records now when the store is back (an outage that ended before
+        training did); otherwise they stay in the spool for ``layerprint sync``."""
+        path = self.spool.path
+        if self._offline or self.strict or not path.is_file() or not reachable(self.tracking_uri):
+            return
+        try:
+            sync_file(self._mlflow_client(), path, SyncResult())
+        except Exception:  # noqa: BLE001 - still down after all: the spool keeps everything
+            return
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Record the run's final status; for an offline run it goes to the spool for ``sync``."""
+        if self._offline:
+            self.spool.terminate(status)
+            return
+        try:
+            with no_url_print_with_credentials(self.tracking_uri):
+                self._mlflow_client().set_terminated(self.run_id, status=status)
+        except Exception as error:  # noqa: BLE001
+            if self.strict:
+                raise
+            self._note_failure(error)
+            self.spool.terminate(status)
+
+    # Background side.
+    def _mlflow_client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            with self._lock:
+                batch = (self._metrics, self._params, self._tags)
+                self._metrics, self._params, self._tags = [], {}, {}
+                if any(batch):
+                    self._inflight = batch
+            if any(batch):
+                self._send(*batch)
+                with self._lock:
+                    self._inflight = None
+            self._send_artifacts()
+            if self._closing:
+                return
+
+    def _send_artifacts(self) -> None:
+        while True:
+            with self._lock:
+                if not self._artifacts or self._closing:
+                    return
+                self._artifact_inflight = self._artifacts.pop(0)
+            local_path, artifact_path = self._artifact_inflight
+            try:
+                self._mlflow_client().log_artifact(self.run_id, str(local_path), artifact_path)
+            except Exception as error:  # noqa: BLE001 - any store failure must not reach training
+                if self.strict:
+                    self.stats.errors.append(repr(error))
+                self._note_failure(error)
+                try:
+                    self._spool_artifact(local_path, artifact_path)
+                except OSError as lost:  # the file itself is gone: say so, keep the thread alive
+                    self._note_failure(lost)
+            with self._lock:
+                self._artifact_inflight = None
+
+    def _send(self, metrics: list, params: dict, tags: dict) -> None:
+        if self._offline:
+            self._spool_batch(metrics, params, tags)
+            return
+        for chunk in batch_chunks(metrics, params, tags):
+            try:
+                started = time.thread_time()
+                log_batch(self._mlflow_client(), self.run_id, *chunk)
+                self.stats.send_seconds += time.thread_time() - started
+                self.stats.metrics_sent += len(chunk[0])
+            except Exception as error:  # noqa: BLE001
+                if self.strict:
+                    self.stats.errors.append(repr(error))
+                self._note_failure(error)
+                self._spool_batch(*chunk)
+
+    # Spool.
+    def _spool_batch(self, metrics: list, params: dict, tags: dict) -> None:
+        self.spool.batch(metrics, params, tags)
+        self.stats.metrics_spooled += len(metrics)
+
+    def _spool_artifact(self, local_path: Path, artifact_path: str | None) -> None:
+        self.spool.artifact(local_path, artifact_path)
+        self.stats.artifacts_spooled += 1
+
+    def _note_failure(self, error: Exception) -> None:
+        message = redact(first_line(error))
+        self.stats.errors.append(message)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"layerprint: the tracking store did not take some points ({type(error).__name__}); "
+                f"training goes on and they are kept in {spool_root()}: run `layerprint sync` later.",
+                RuntimeWarning,
+                stacklevel=2,
+            )

@@ -1,0 +1,169 @@
+"""The tracking store: which URI, whether it answers, its experiments, and MLflow's batch limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from layerprint.errors import TrackingError, first_line
+from layerprint.tracking.redact import strip_credentials
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+DEFAULT_STORE_DIR = "mlruns"
+DEFAULT_DB_NAME = "mlflow.db"
+
+Point = tuple[str, float, int, int]  # (key, value, timestamp in ms, step), as the spool keeps them too
+
+
+def default_tracking_uri(base_dir: str | os.PathLike[str] | None = None) -> str:
+    """The embedded default store: SQLite at ``<base_dir or cwd>/mlruns/mlflow.db`` (absolute)."""
+    root = Path(base_dir or os.getcwd()).resolve() / DEFAULT_STORE_DIR
+    return f"sqlite:///{root / DEFAULT_DB_NAME}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: ``uri``, else ``MLFLOW_TRACKING_URI``, else the embedded default.
+
+    A relative SQLite path is made absolute against the current directory, so that jobs which start
+    elsewhere (Hydra launchers, worker processes) write to the same file.
+
+    Args:
+        uri: an explicit URI, or None/empty.
+
+    Returns:
+        The URI, with any relative ``sqlite:///`` path made absolute.
+
+    Raises:
+        TrackingError: for a URI whose scheme MLflow cannot use here.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if chosen.startswith("sqlite:///"):
+        path = chosen[len("sqlite:///") :]
+        if path and not path.startswith("/") and path != ":memory:":
+            chosen = f"sqlite:///{Path(path).resolve()}"
+        return chosen
+    scheme = urlsplit(chosen).scheme
+    if scheme in ("http", "https", "postgresql", "mysql", "mssql", "databricks") or scheme.startswith(
+        ("postgresql+", "mysql+", "mssql+")
+    ):
+        return chosen
+    raise TrackingError(
+        f"tracking URI {strip_credentials(chosen)!r} is not supported; use sqlite:///PATH, "
+        "http(s)://HOST:PORT of an MLflow server, or a database URI (postgresql://, mysql://)"
+    )
+
+
+def reachable(uri: str, timeout: float = 2.0) -> bool:
+    """False when nothing accepts a connection at an http(s) URI's host and port; True otherwise
+    (other stores are files or databases that MLflow's own call will try)."""
+    import socket
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return True
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_server_reachable(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing answers at an http(s) URI.
+
+    Raises:
+        TrackingError: nothing accepts a connection at the URI's host and port.
+    """
+    if not reachable(uri, timeout=5.0):
+        raise TrackingError(f"cannot reach the tracking server at {strip_credentials(uri)} (no connection); "
+                            "start it (README, 'Server mode') or fix tracking.uri")
+
+
+def ensure_sqlite_parent(uri: str) -> None:
+    """Create the folder of a SQLite store file.
+
+    Raises:
+        TrackingError: when the folder cannot be created or written.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(f"cannot create the store folder {path.parent}: {error.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise TrackingError(f"the store folder {path.parent} is not writable")
+
+
+def open_store(uri: str) -> Any:
+    """A client for ``uri``, with the store created (and upgraded) now, once, before any job logs.
+
+    Args:
+        uri: a resolved tracking URI (``resolve_tracking_uri``).
+
+    Returns:
+        An ``MlflowClient``.
+
+    Raises:
+        TrackingError: the store cannot be opened.
+    """
+    from mlflow.tracking import MlflowClient
+
+    ensure_sqlite_parent(uri)
+    check_server_reachable(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - reported as one line
+        raise TrackingError(f"cannot open the tracking store {strip_credentials(uri)}: "
+                            f"{strip_credentials(first_line(error))[:300]}") from None
+    return client
+
+
+def default_artifact_location(uri: str, experiment_name: str) -> str | None:
+    """Artifact folder for a new experiment in a SQLite store: beside the database file, under
+    ``artifacts/<experiment name>``, so a whole store is one folder. None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name).strip(".") or "exp"
+    return str(Path(uri[len("sqlite:///") :]).parent / "artifacts" / safe)
+
+
+def experiment_id_for(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (with ``default_artifact_location``) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+
+
+def batch_chunks(metrics: list[Point], params: dict[str, str],
+                 tags: dict[str, str]) -> Iterator[tuple[list[Point], dict[str, str], dict[str, str]]]:
+    """Split one batch into chunks within MLflow's limits (1,000 metrics, 100 params, 100 tags a request)."""
+    param_items, tag_items = list(params.items()), list(tags.items())
+    n_chunks = max(
+        -(-len(metrics) // MAX_METRICS_PER_BATCH),
+        -(-len(param_items) // MAX_PARAMS_PER_BATCH),
+        -(-len(tag_items) // MAX_TAGS_PER_BATCH),
+    )
+    for i in range(n_chunks):
+        yield (metrics[i * MAX_METRICS_PER_BATCH : (i + 1) * MAX_METRICS_PER_BATCH],
+               dict(param_items[i * MAX_PARAMS_PER_BATCH : (i + 1) * MAX_PARAMS_PER_BATCH]),
+               dict(tag_items[i * MAX_TAGS_PER_BATCH : (i + 1) * MAX_TAGS_PER_BATCH]))
+
+
+def log_batch(client: Any, run_id: str, metrics: list[Point], params: dict[str, str], tags: dict[str, str]) -> None:
+    """One ``MlflowClient.log_batch`` request for a chunk (see ``batch_chunks``), sent synchronously."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics],
+                     params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)

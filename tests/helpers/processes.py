@@ -1,0 +1,63 @@
+"""Real processes for tests: free loopback ports, this environment's console scripts, an ``mlflow server``."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args, cwd, env=None, timeout=300):
+    """Run a console script of this environment; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` subprocess on 127.0.0.1 with a SQLite backend and proxied artifacts."""
+
+    def __init__(self, root, port=None):
+        self.root = Path(root)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self, timeout=90):
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not come up")
+
+    def kill(self, sig=None):
+        """Stop the server and every process it started (SIGKILL by default)."""
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig or signal.SIGKILL)
+            self.process.wait(timeout=30)
