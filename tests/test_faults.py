@@ -20,6 +20,7 @@ from helpers.processes import BIN, REPO, MlflowServer, free_port, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import LayerprintCallback, keys
+from layerprint.tracking.store import experiment_id_for
 
 pytestmark = pytest.mark.slow
 FIT_SCRIPT = str(Path(__file__).with_name("fit_script.py"))
@@ -202,7 +203,7 @@ def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, clien
     results = [fit.communicate(timeout=300) for fit in fits]
     for fit, (out, err) in zip(fits, results):
         assert fit.returncode == 0 and out.startswith("done"), err[-3000:]
-        assert "locked" not in err and "did not take" not in err
+        assert "locked" not in err and "did not take" not in err and "training goes on without it" not in err
     runs = client.search_runs([client.get_experiment_by_name("concurrent").experiment_id])
     assert len(runs) == 4
     for run in runs:
@@ -211,6 +212,22 @@ def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, clien
         assert _steps(client, run.info.run_id, BN_MEAN) == list(range(1, 81))
         assert {a.path for a in client.list_artifacts(run.info.run_id, "layerprint")} == ARTIFACTS
     assert not _spool_files(tmp_path)
+
+
+def test_experiment_created_by_another_writer_between_lookup_and_create_is_used(sqlite_uri):
+    """The race four concurrent fits hit: each looks the experiment up, finds none, and creates it."""
+    other = MlflowClient(sqlite_uri)
+
+    class LateClient(MlflowClient):
+        def get_experiment_by_name(self, name):
+            if other.get_experiment_by_name(name) is None:  # this writer's lookup sees no experiment ...
+                other.create_experiment(name)  # ... and another writer creates it before this one does
+                return None
+            return super().get_experiment_by_name(name)
+
+    experiment_id = experiment_id_for(LateClient(sqlite_uri), sqlite_uri, "raced")
+    assert experiment_id == other.get_experiment_by_name("raced").experiment_id
+    assert [e.name for e in other.search_experiments()].count("raced") == 1
 
 
 SECRETS = {"MLFLOW_TRACKING_USERNAME": "bob-the-user", "MLFLOW_TRACKING_PASSWORD": "env-s3cret-pw",

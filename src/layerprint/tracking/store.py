@@ -138,11 +138,31 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def experiment_id_for(client: Any, uri: str, name: str) -> str:
-    """The id of experiment ``name``, created (with ``default_artifact_location``) if missing."""
+    """The id of experiment ``name``, created (with ``default_artifact_location``) if missing.
+
+    Several processes may start at once against one store (a sweep's jobs, concurrent fits); when another
+    one created the experiment between the lookup and the creation, its experiment is returned.
+
+    Args:
+        client: an ``MlflowClient`` for ``uri``.
+        uri: the tracking URI, which decides the default artifact location.
+        name: the experiment's name.
+
+    Returns:
+        The experiment's id.
+    """
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def batch_chunks(metrics: list[Point], params: dict[str, str],
