@@ -350,6 +350,7 @@ def test_a_run_the_callback_starts_belongs_to_one_fit(sqlite_uri, client):
     callback = LayerprintCallback()
     model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
     model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    callback.wait()
     runs = client.search_runs(["0"])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert [_steps(client, r.info.run_id) for r in runs] == [[1, 2, 3, 4], [1, 2, 3, 4]]

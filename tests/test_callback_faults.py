@@ -14,7 +14,7 @@ import pytest
 from helpers.logged import artifact_json
 from layerprint import LayerprintCallback, keys
 from layerprint import callback as callback_module
-from layerprint.inspection.state import StateReader
+from layerprint.inspection.state import StateReader, TrainStepRecorder
 from layerprint.tracking.steps import StepRecord
 from layerprint.tracking.sink import RunSink
 
@@ -27,12 +27,12 @@ def _raise(*args, **kwargs):
     raise Injected("injected fault\nsecond line that must not reach the tag")
 
 
-# part -> (object, attribute) made to raise; each is what that part calls during a fit.
+# part -> (object, attribute) made to raise (or several); each is what that part calls during a fit.
 FAULTS = {
-    "fingerprints": (callback_module, "fingerprint_model"),
+    "fingerprints": (callback_module, "fingerprint_arrays"),
     "sharing": (callback_module, "sharing_report"),
     "batchnorm": (callback_module, "moving_statistics"),
-    "recorder": (StateReader, "read"),
+    "recorder": ((StateReader, "read"), (TrainStepRecorder, "drain")),  # JAX and torch; TensorFlow
     "steps": (StepRecord, "set_metrics"),
     "drift": (callback_module.LayerprintCallback, "_drift"),
     "probe": (callback_module.LayerprintCallback, "_probe"),
@@ -52,11 +52,13 @@ def _fit(callback, epochs=2):
 
 @pytest.mark.parametrize("part", sorted(FAULTS))
 def test_each_part_failing_leaves_fit_and_the_other_parts_running(part, sqlite_uri, client, monkeypatch, caplog):
-    monkeypatch.setattr(*FAULTS[part], _raise)
+    for target in FAULTS[part] if isinstance(FAULTS[part][0], tuple) else [FAULTS[part]]:
+        monkeypatch.setattr(*target, _raise)
     mlflow.set_tracking_uri(sqlite_uri)
     callback = LayerprintCallback(probe_batch=np.ones((2, 4), "float32"), log_every_n_steps=1)
     with caplog.at_level(logging.WARNING, logger="layerprint"):
         history = _fit(callback)
+        callback.wait()  # the run the callback started ends in the background
     assert history.epoch == [0, 1]
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FINISHED"
@@ -92,6 +94,7 @@ def test_a_sink_that_cannot_be_created_still_ends_the_run(sqlite_uri, client, mo
     callback = LayerprintCallback()
     with caplog.at_level(logging.WARNING, logger="layerprint"):
         history = _fit(callback)
+        callback.wait()  # the run the callback started ends in the background
     assert history.epoch == [0, 1]
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FINISHED"
@@ -112,9 +115,9 @@ def test_keyboard_interrupt_gets_through(sqlite_uri, client, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(*FAULTS["drift"], interrupt)
+    monkeypatch.setattr(*FAULTS["probe"], interrupt)  # on the training thread, where Ctrl-C arrives
     mlflow.set_tracking_uri(sqlite_uri)
-    callback = LayerprintCallback()
+    callback = LayerprintCallback(probe_batch=np.ones((2, 4), "float32"))
     with pytest.raises(KeyboardInterrupt):
         _fit(callback)
     callback.close(status="KILLED")
@@ -138,6 +141,7 @@ def test_a_fit_that_raises_is_ended_failed_when_the_next_fit_begins(sqlite_uri, 
     with pytest.raises(ValueError, match="user callback failed"):
         model.fit(x, x.sum(1), epochs=2, verbose=0, callbacks=[callback, Boom()])
     model.fit(x, x.sum(1), epochs=1, verbose=0, callbacks=[callback])
+    callback.wait()
     runs = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
     assert "on_train_end never came" in runs[0].data.tags[keys.TAG_FAILURE]

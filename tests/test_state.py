@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from layerprint.inspection.batchnorm import find_batchnorm_layers
-from layerprint.inspection.paths import unique_variables
+from layerprint import keys
+from layerprint.inspection.paths import unique_variables, variable_paths
 from layerprint.inspection.state import StateReader, checksum_numpy
 
 
@@ -59,3 +60,61 @@ def test_batchnorm_summaries_are_the_moving_statistics_moments():
     mean = bn.moving_mean.numpy()
     np.testing.assert_allclose(np.asarray(summaries)[:4], [mean.mean(), mean.std(), mean.min(), mean.max()], rtol=1e-6)
     assert reader.bn_columns[:4] == [f"bn/{layers[0][0]}/moving_mean/{s}" for s in ("mean", "std", "min", "max")]
+
+
+class _HostReference(keras.callbacks.Callback):
+    """The state every step left, read on the host before the next step (and at the fit's end)."""
+
+    def __init__(self):
+        super().__init__()
+        self.checksums, self.bn_means = [], []
+
+    def _take(self):
+        variables = unique_variables(self.model)
+        self.checksums.append([checksum_numpy(np.asarray(v.numpy())) for v in variables])
+        self.bn_means.append(float(np.mean(self.model.get_layer("bn").moving_mean.numpy())))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.params.get("_seen"):
+            self._take()
+        self.params["_seen"] = True
+
+    def on_train_end(self, logs=None):
+        self._take()
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution):
+    """On TensorFlow the compiled train step writes the state each step left; every step's row equals the
+    host's reading of that state (checksums bit for bit), the model keeps its own train function."""
+    from layerprint import LayerprintCallback
+    from layerprint.inspection.state import TrainStepRecorder
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.BatchNormalization(name="bn"),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse", steps_per_execution=steps_per_execution)
+    x = np.random.default_rng(0).normal(size=(72, 5)).astype("float32")
+    reference = _HostReference()
+    callback = LayerprintCallback(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", checksum_every=1)
+    recorded = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            recorded["function"] = self.model.train_function
+
+    model.fit(x, x.sum(axis=1), epochs=2, batch_size=8, verbose=0, callbacks=[Spy(), reference, callback])
+    assert isinstance(callback._recorder.step_recorder, TrainStepRecorder)
+    assert recorded["function"] is callback._recorder.step_recorder.train_function  # the recording one ran
+    assert model.train_function is callback._recorder.step_recorder.base_function  # and was given back
+    table = callback._progress.record.to_table()
+    assert table.column("step").to_pylist() == list(range(1, 19))
+    paths = variable_paths(model)
+    names = [keys.checksum_key(paths[id(v)]) for v in unique_variables(model)]
+    assert len(names) == 8 and set(names) <= set(table.column_names)
+    hooked = list(range(steps_per_execution, 19, steps_per_execution))  # where the host reference looked
+    for index, step in enumerate(hooked):
+        assert [table.column(n)[step - 1].as_py() for n in names] == reference.checksums[index], step
+        np.testing.assert_allclose(table.column("bn/bn/moving_mean/mean")[step - 1].as_py(), reference.bn_means[index],
+                                   rtol=1e-6)
+    assert all(v is not None for n in names for v in table.column(n).to_pylist())  # inside blocks too

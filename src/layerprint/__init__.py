@@ -6,7 +6,7 @@ it never imports Hydra or the runner.
 
 from typing import Any
 
-__all__ = ["LayerprintCallback", "fingerprint_model", "__version__"]
+__all__ = ["LayerprintCallback", "fingerprint_model", "wait_for_runs", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -15,6 +15,10 @@ def __getattr__(name: str) -> Any:
         from layerprint.callback import LayerprintCallback
 
         return LayerprintCallback
+    if name == "wait_for_runs":
+        from layerprint.callback import wait_for_runs
+
+        return wait_for_runs
     if name == "fingerprint_model":
         from layerprint.inspection.fingerprint import fingerprint_model
 

@@ -13,6 +13,8 @@ import threading
 import time
 import uuid
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,11 +24,12 @@ import numpy as np
 
 from layerprint import keys
 from layerprint.inspection.batchnorm import find_batchnorm_layers, moving_statistics
-from layerprint.inspection.fingerprint import exact_hash, fingerprint_model, l2_norm
+from layerprint.inspection.fingerprint import exact_hash, fingerprint_arrays, l2_norm
 from layerprint.inspection.paths import owning_layer_path, unique_variables, variable_paths
 from layerprint.inspection.sharing import sharing_report, symmetry_warning
-from layerprint.inspection.state import StateReader
+from layerprint.inspection.state import StateReader, TrainStepRecorder
 from layerprint.errors import first_line
+from layerprint.tracking.recorder import FlightRecorder
 from layerprint.tracking.redact import redact, strip_credentials
 from layerprint.tracking.sink import RunSink
 from layerprint.tracking.steps import StepRecord
@@ -46,9 +49,8 @@ PART_SINK = "sink"  # sending points
 PART_TAGS = "tags"
 PART_STEPS = "steps"  # filing each step's logs in the flight record
 PART_RECORDER = "recorder"  # reading each step's state on the device
-
-DRAIN_EVERY = 32  # steps whose device reads are brought to the host together
-PRIOR_SECONDS_PER_POINT = 60e-6  # MLflow's SQL store, measured; replaced by the sink's own measurement
+PART_FINISH = "finish"  # the end of a fit, off the training thread
+PART_VALUES = "values"  # reading every variable's value (for fingerprints, drift, BatchNorm, weights)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class RunProgress:
         bn_history: ``{"<layer>/<stat>": [vector per row]}``.
         probe_epochs, probe_hashes, probe_norms: the content of ``probe.json``.
         record: the flight record (``steps.parquet``).
+        finishing: the background work of the last fit that ended in this run (a later fit into the
+            run waits for it, so that nothing it uploads lands after the later fit's).
     """
 
     fits: int = 0
@@ -74,157 +78,19 @@ class RunProgress:
     probe_hashes: list[str] = field(default_factory=list)
     probe_norms: list[float] = field(default_factory=list)
     record: StepRecord = field(default_factory=StepRecord)
+    finishing: Future | None = None
 
 
 # Model -> its compiled state reader, so that later fits of the same model do not trace it again.
 _READERS: "weakref.WeakKeyDictionary[Any, StateReader]" = weakref.WeakKeyDictionary()
+# Model -> its recording train function (traced at its first call, then reused by later fits).
+_STEP_RECORDERS: "weakref.WeakKeyDictionary[Any, TrainStepRecorder]" = weakref.WeakKeyDictionary()
 # Run id -> progress of the fits this process logged into it (the store is asked when it is not here).
 _PROGRESS: dict[str, RunProgress] = {}
-# Callbacks whose run is still open: a fit that raised never calls on_train_end; their runs are ended
-# FAILED when the next fit begins or when the interpreter exits, never left RUNNING. Held strongly until
-# closed: a callback collected with its run open could not end it.
+# Callbacks whose run is still open, or still being finished in the background: a fit that raised never
+# calls on_train_end; their runs are ended FAILED when the next fit begins or when the interpreter exits,
+# never left RUNNING. Held strongly until finished: a callback collected with its run open could not end it.
 _OPEN_CALLBACKS: "set[LayerprintCallback]" = set()
-
-
-class FlightRecorder:
-    """Every step's state into the run's ``StepRecord``, and a budgeted share of it to MLflow metrics.
-
-    ``snapshot(step)`` runs on the training thread before the next step changes the state: it dispatches
-    the device reads (BatchNorm summaries every step, checksums at the checksum cadence) without waiting.
-    Every ``DRAIN_EVERY`` snapshots, and at epoch ends, ``drain`` brings them to the host in one transfer,
-    files them in the record and publishes the rows due. The checksum cadence is 1 unless one read costs
-    more than a quarter of the budget per step; then it is the smallest power of two that fits (so two
-    runs always share checksum steps), fixed for the run. The publishing cadence is the smallest power of
-    two under what is left of the budget, from the measured cost of recording and of the sink's sends.
-
-    Args:
-        reader: the device-side reader of the model's state.
-        checksum_columns: the record's column of each variable the reader checksums, in its order.
-        record: the run's record.
-        publish: ``publish(points, step, timestamp_ms)`` sends MLflow metrics.
-        budget: the share of the fit's time the callback may add.
-        forced_every: ``log_every_n_steps``, or None for the budget.
-        first_step: the fit's first global step.
-        sink_stats: returns the sink's ``SinkStats`` (its send time and points sent), or None.
-        checksum_every: a fixed checksum cadence instead of the measured one.
-    """
-
-    def __init__(self, reader: StateReader | None, checksum_columns: list[str], record: StepRecord,
-                 publish: Callable[[dict[str, float], int, int], None], budget: float, forced_every: int | None,
-                 first_step: int, sink_stats: Callable[[], Any], checksum_every: int | None = None) -> None:
-        self.reader, self.checksum_columns, self.record = reader, checksum_columns, record
-        self.publish, self.budget, self.forced_every = publish, budget, forced_every
-        self.first_step, self.sink_stats = first_step, sink_stats
-        self.publish_every = forced_every or 1
-        self.last_snapshot = first_step - 1
-        self._published = first_step - 1
-        self._mandatory = {first_step}
-        self._pending: list[tuple[int, Any, Any]] = []
-        self._started = time.perf_counter()
-        self._seconds = 0.0
-        self._seconds_lock = threading.Lock()
-        self._snapshot_times: list[float] = []
-        self._checksum_costs: list[float] = []
-        if checksum_every is not None:
-            record.checksum_every = checksum_every
-        self._cadence_fixed = checksum_every is not None or record.checksum_every > 1
-
-    def add_seconds(self, seconds: float) -> None:
-        """Count time the callback spent (any thread) against the budget."""
-        with self._seconds_lock:
-            self._seconds += seconds
-
-    def mark(self, step: int, final: bool) -> bool:
-        """Note that the state after ``step`` is reached; ``final`` (an epoch's or the fit's last step) is
-        always published. Returns whether the step is new (then ``read`` it)."""
-        if step <= self.last_snapshot:
-            return False
-        self._snapshot_times.append(time.perf_counter())
-        self.last_snapshot = step
-        if final:
-            self._mandatory.add(step)
-        return True
-
-    def read(self, step: int, final: bool) -> None:
-        """Dispatch the device reads of the state after ``step`` (checksums always when ``final``)."""
-        if self.reader is None:
-            return
-        started = time.perf_counter()
-        every = self.record.checksum_every
-        with_checksums = final or step == self.first_step or step % every == 0
-        batchnorm, checksums = self.reader.read(with_checksums)
-        if with_checksums and not final:
-            self._checksum_costs.append(time.perf_counter() - started)
-            self._choose_checksum_cadence()
-        self._pending.append((step, batchnorm, checksums))
-        self.add_seconds(time.perf_counter() - started)
-
-    @property
-    def due(self) -> bool:
-        """Whether enough reads are pending to bring them to the host together."""
-        return len(self._pending) >= DRAIN_EVERY
-
-    def file_reads(self) -> None:
-        """Bring the dispatched reads to the host in one transfer and file them in the record."""
-        started = time.perf_counter()
-        pending, self._pending = self._pending, []
-        columns_at = ((1, self.reader.bn_columns), (2, self.checksum_columns)) if self.reader is not None else ()
-        for index, columns in columns_at:
-            rows = [(entry[0], entry[index]) for entry in pending if entry[index] is not None]
-            if rows and columns:
-                self.record.set_vector([step for step, _ in rows], columns,
-                                       StateReader.to_host([values for _, values in rows]))
-        self.add_seconds(time.perf_counter() - started)
-
-    def publish_due(self, final: bool = False) -> None:
-        """Publish the recorded rows due under the cadence, then choose the cadence again.
-
-        Args:
-            final: at an epoch's or the fit's end, when every batch-end hook has run (Keras waits for
-                the ones it ran off the training thread): steps without logs are skipped, not waited for
-                (inside a ``steps_per_execution`` block Keras calls no hook).
-        """
-        started = time.perf_counter()
-        step = self._published + 1
-        while step <= self.last_snapshot:
-            if not self.record.has_metrics(step):
-                if not final:
-                    break  # its batch-end hook may still be running
-            elif step in self._mandatory or step % self.publish_every == 0:
-                self.publish(self.record.row(step), step, self.record.time_ms(step))
-            step += 1
-        self._published = step - 1
-        self._choose_publish_cadence()
-        self.add_seconds(time.perf_counter() - started)
-
-    def _choose_checksum_cadence(self) -> None:
-        if self._cadence_fixed or len(self._checksum_costs) < 3 or len(self._snapshot_times) < 4:
-            return
-        step_seconds = float(np.median(np.diff(self._snapshot_times)))
-        cost = float(np.median(self._checksum_costs))
-        every = 1
-        while cost / (every * step_seconds) > self.budget / 4 and every < 2**16:
-            every *= 2
-        self.record.checksum_every = max(every, self.record.checksum_every)
-        self._cadence_fixed = True
-
-    def _choose_publish_cadence(self) -> None:
-        if self.forced_every is not None:
-            return
-        elapsed = time.perf_counter() - self._started
-        steps = self.last_snapshot - self.first_step + 1
-        if steps < 2 or elapsed <= 0:
-            return
-        stats = self.sink_stats()
-        sent = stats.metrics_sent if stats is not None else 0
-        per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
-        points_per_step = (len(self.reader.bn_columns) if self.reader is not None else 0) + 2
-        available = self.budget - self._seconds / elapsed
-        publishing = points_per_step * per_point * steps / elapsed  # the fraction at cadence 1
-        every = 1
-        while available > 0 and publishing / every > available and every < 2**20:
-            every *= 2
-        self.publish_every = every if available > 0 else 2**20
 
 
 class LayerprintCallback(keras.callbacks.Callback):
@@ -340,14 +206,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.flush_timeout = flush_timeout
         self.strict = strict
         self._given_sink = sink
+        self._worker: ThreadPoolExecutor | None = None
+        self._futures: list[Future] = []
         self._reset()
 
     def _reset(self) -> None:
         """The state of one fit (``on_train_begin`` starts from here)."""
         self.sink: RunSink | None = None
-        self.initial_fingerprint: dict[str, Any] | None = None
-        self.final_fingerprint: dict[str, Any] | None = None
-        self.sharing: dict[str, Any] | None = None
+        self._initial_fingerprint: dict[str, Any] | None = None
+        self._final_fingerprint: dict[str, Any] | None = None
+        self._sharing: dict[str, Any] | None = None
         self.callback_error: str | None = None
         self._open = False
         self._owns_run = False
@@ -368,8 +236,50 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._step_lock = threading.Lock()
         self._step_keys: dict[str, str] = {}
         self._initial_values: dict[int, np.ndarray] = {}
+        self._trainable_ids: set[int] = set()
         self._paths: dict[int, str] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def initial_fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint at the start of the last fit (``fingerprint_arrays``); waits for it."""
+        self.wait()
+        return self._initial_fingerprint
+
+    @property
+    def final_fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint at the end of the last fit; waits for it."""
+        self.wait()
+        return self._final_fingerprint
+
+    @property
+    def sharing(self) -> dict[str, Any] | None:
+        """The content of ``sharing.json`` of the last fit; waits for it."""
+        self.wait()
+        return self._sharing
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the work the callback does off the training thread.
+
+        Hashing the weights, writing and uploading the artifacts, sending the last points and ending
+        the run happen on a background thread. In a run the callback started itself, ``fit`` returns
+        when training is done, without waiting for that work (for a model of a few million parameters
+        it takes 0.1 to 0.4 s); in the caller's run (the active run, ``run_id``, ``sink``), ``fit``
+        waits for it. The next fit with this callback or into the same run, ``close``, reading
+        ``initial_fingerprint``, ``final_fingerprint`` or ``sharing``, and the interpreter's exit wait
+        for it; call this before reading the callback's own run from MLflow in the same process.
+
+        Args:
+            timeout: seconds to wait at most (None: until done).
+
+        Returns:
+            Whether all of it is done.
+        """
+        pending = [future for future in self._futures if not future.done()]
+        if pending:
+            wait_for_futures(pending, timeout)
+        self._futures = [future for future in self._futures if not future.done()]
+        return not self._futures
 
     @property
     def non_finite_step(self) -> int | None:
@@ -385,6 +295,7 @@ class LayerprintCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._open:  # the previous fit raised before on_train_end
             self._end_abandoned_fit()
+        self.wait()
         self._reset()
         if not isinstance(self.model, keras.Model):
             logger.warning("layerprint: %s is not a Keras 3 model (Keras 2 / tf_keras?); LayerprintCallback "
@@ -394,12 +305,14 @@ class LayerprintCallback(keras.callbacks.Callback):
         _OPEN_CALLBACKS.add(self)
         self._tmp = tempfile.TemporaryDirectory(prefix="layerprint-")
         self._guard(PART_RUN, self._start_run)
+        if self._progress.finishing is not None:  # an earlier fit into this run is still uploading
+            wait_for_futures([self._progress.finishing])
         self._progress.fits += 1
         self._fit_index = self._progress.fits
         self._step_base = self._epoch_start_step = self._global_step = self._progress.last_step
         self._publish_progress()
         if _variables_exist(self.model):
-            self._capture_start(init_step=0)
+            self._capture_start(init_step=0, in_step=True)
         else:
             self._pending_capture = True
             self._guard(PART_FINGERPRINTS, self._capture_at_optimizer_build)
@@ -450,16 +363,18 @@ class LayerprintCallback(keras.callbacks.Callback):
         if self._recorder is not None:
             self._snapshot(self._global_step, final=True)
             self._end_record_block(final=True)
-            self._guard(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
+            self._background(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
         if self._non_finite_step is None and _is_number(logs.get("loss")) and not np.isfinite(float(logs["loss"])):
             self._non_finite_step = self._global_step
         points = {keys.epoch_key(name): value for name, value in logs.items() if _is_number(value)}
-        points.update(self._guard(PART_DRIFT, self._drift) or {})
         if self.probe_batch is not None:
             points.update(self._guard(PART_PROBE, self._probe, logged_epoch) or {})
         self._log(_sanitized(points), logged_epoch)
+        values = self._guard(PART_VALUES, self._read_values)
+        if values is not None:
+            self._background(PART_DRIFT, self._log_drift, values, logged_epoch)
         if self._bn_layers:
-            self._guard(PART_BATCHNORM, self._record_batchnorm, logged_epoch)
+            self._guard(PART_BATCHNORM, self._record_batchnorm, logged_epoch, values)
         self._progress.last_step, self._progress.last_epoch = self._global_step, logged_epoch
         self._publish_progress()
 
@@ -478,23 +393,8 @@ class LayerprintCallback(keras.callbacks.Callback):
                             keys.TAG_PUBLISH_EVERY: str(recorder.publish_every)})
         self._progress.last_step = self._global_step
         self._publish_progress()
-        self.final_fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_model, self.model)
-        if self.final_fingerprint is not None:
-            self._set_tags({keys.TAG_FINAL_FINGERPRINT: self.final_fingerprint["model"]})
-            self._guard(PART_ARTIFACTS, self._write_json, keys.FINGERPRINTS_FINAL, self.final_fingerprint)
-        progress = self._progress
-        if progress.probe_hashes:
-            self._set_tags({keys.TAG_PROBE_FINGERPRINT: progress.probe_hashes[-1]})
-            self._guard(PART_ARTIFACTS, self._write_json, keys.PROBE, {
-                "epochs": progress.probe_epochs, "sha256": progress.probe_hashes, "l2_norm": progress.probe_norms})
-        self._guard(PART_ARTIFACTS, self._write_final_weights)
-        if progress.bn_epochs:
-            self._guard(PART_ARTIFACTS, self._save_artifact, keys.BATCHNORM, lambda path: np.savez(
-                path, epochs=np.asarray(progress.bn_epochs),
-                **{keys.sanitize_key(name): np.stack(rows) for name, rows in progress.bn_history.items()}))
-        if self._non_finite_step is not None:
-            self._set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {self._non_finite_step}"})
-        self.close(status="FINISHED" if self._non_finite_step is None else "FAILED")
+        values = self._guard(PART_VALUES, self._read_values)
+        self._end_fit("FINISHED" if self._non_finite_step is None else "FAILED", values)
 
     # tf_keras (Keras 2) asks its callbacks these before training; without them its fit would crash.
     def _implements_train_batch_hooks(self) -> bool:
@@ -507,19 +407,63 @@ class LayerprintCallback(keras.callbacks.Callback):
         return False
 
     def close(self, status: str = "FINISHED") -> None:
-        """Flush the queued points, end the run if this callback started it, release resources.
+        """Flush the queued points, end the run if this callback started it, release resources; waits
+        for all of it (see ``wait``).
 
-        Called by ``on_train_end``; call it yourself with ``status="FAILED"`` or ``"KILLED"`` when
-        ``fit`` raised, so that a run the callback started does not stay RUNNING at once (otherwise
-        that happens when the next fit begins, or when the interpreter exits).
+        ``on_train_end`` does this in the background; call it yourself with ``status="FAILED"`` or
+        ``"KILLED"`` when ``fit`` raised, so that a run the callback started does not stay RUNNING at
+        once (otherwise that happens when the next fit begins, or when the interpreter exits).
 
         Args:
             status: the status a run the callback started ends with.
         """
+        self._end_fit(status, None)
+        self.wait()
+
+    def _end_fit(self, status: str, values: dict[int, np.ndarray] | None) -> None:
+        """Give the model its train function back and hand the rest of the fit's end to the background.
+
+        Args:
+            status: the status a run the callback started ends with.
+            values: every variable's final value (``_read_values``), or None when not read.
+        """
         if not self._open:
             return
         self._open = False
+        self._guard(PART_RECORDER, self._restore_train_function)
+        self._background(PART_FINISH, self._finish, status, values)
+        self._progress.finishing = self._futures[-1] if self._futures else None
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)  # its thread ends once the queued work is done
+            self._worker = None
+        if not self._owns_run:  # the caller's run: it may log more, end it or read it right after fit
+            self.wait()
+
+    def _finish(self, status: str, values: dict[int, np.ndarray] | None) -> None:
+        """The end of a fit, off the training thread: final fingerprint and artifacts, then the run."""
+        if values is not None:
+            self._final_fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_arrays, self._named(values))
+            if self._final_fingerprint is not None:
+                self._set_tags({keys.TAG_FINAL_FINGERPRINT: self._final_fingerprint["model"]})
+                self._guard(PART_ARTIFACTS, self._write_json, keys.FINGERPRINTS_FINAL, self._final_fingerprint)
+        progress = self._progress
+        if progress.probe_hashes:
+            self._set_tags({keys.TAG_PROBE_FINGERPRINT: progress.probe_hashes[-1]})
+            self._guard(PART_ARTIFACTS, self._write_json, keys.PROBE, {
+                "epochs": progress.probe_epochs, "sha256": progress.probe_hashes, "l2_norm": progress.probe_norms})
+        if values is not None:
+            self._guard(PART_ARTIFACTS, self._write_final_weights, values)
+        if progress.bn_epochs:
+            self._guard(PART_ARTIFACTS, self._save_artifact, keys.BATCHNORM, lambda path: np.savez(
+                path, epochs=np.asarray(progress.bn_epochs),
+                **{keys.sanitize_key(name): np.stack(rows) for name, rows in progress.bn_history.items()}))
+        if self._non_finite_step is not None:
+            self._set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {self._non_finite_step}"})
+        self._end_run(status)
         _OPEN_CALLBACKS.discard(self)
+
+    def _end_run(self, status: str) -> None:
+        """Flush or close the sink, end an owned run, remove the temporary files."""
         stats, ended = None, False
         if self.sink is not None and self.sink is self._given_sink:
             self._guard(PART_SINK, self.sink.flush, self.flush_timeout)
@@ -541,6 +485,19 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.sink = None
         if self.strict and stats is not None and stats.errors:
             raise RuntimeError(f"layerprint: tracking errors: {stats.errors[:3]}")
+
+    def _background(self, part: str, function: Callable[..., Any], *args: Any) -> None:
+        """``function(*args)`` guarded as ``part``, on the callback's background thread after the work
+        queued before it (at once under ``strict``, so that errors reach the caller)."""
+        if self.strict:
+            function(*args)
+            return
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="layerprint-finish")
+        try:
+            self._futures.append(self._worker.submit(self._guard, part, function, *args))
+        except RuntimeError:  # the interpreter is exiting: no new threads
+            self._guard(part, function, *args)
 
     # Run lifecycle.
     def _start_run(self) -> None:
@@ -670,12 +627,14 @@ class LayerprintCallback(keras.callbacks.Callback):
 
         optimizer.build = build_then_continue
 
-    def _capture_start(self, init_step: int) -> None:
+    def _capture_start(self, init_step: int, in_step: bool = False) -> None:
         """Fingerprints, sharing, BatchNorm and probe rows, and drift reference at the start of the fit.
 
         Args:
             init_step: 0 when taken before the first update; else the step after which it was taken
                 (a model that created its variables inside a step that did not use ``model.optimizer``).
+            in_step: at train begin, before Keras calls the train function: it may be swapped for one
+                that records the state itself.
         """
         self._pending_capture = False
         if init_step:
@@ -683,27 +642,40 @@ class LayerprintCallback(keras.callbacks.Callback):
                            "its initial fingerprint is taken after step %d (tag %s).", init_step, keys.TAG_INIT_STEP)
         first_fit = self._fit_index == 1
         prefix = "" if first_fit else keys.LATER_FIT_DIR.format(index=self._fit_index) + "/"
-        fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_model, self.model)
-        self.initial_fingerprint = fingerprint
+        model = self.model
+        self._paths = variable_paths(model)
+        self._trainable_ids = {id(v) for v in model.trainable_variables}
+        self._bn_layers = self._guard(PART_BATCHNORM, find_batchnorm_layers, model) or []
+        self._recorder = self._start_recorder(in_step)
+        values = self._guard(PART_VALUES, self._read_values)
+        self._initial_values = values or {}
+        start_epoch = self._progress.last_epoch
+        if self._bn_layers and start_epoch not in self._progress.bn_epochs:
+            self._guard(PART_BATCHNORM, self._record_batchnorm, start_epoch, values)
+        if values is not None:
+            self._background(PART_FINGERPRINTS, self._fingerprint_start, values, init_step, prefix)
+        if self.probe_batch is not None and start_epoch not in self._progress.probe_epochs:
+            self._log(self._guard(PART_PROBE, self._probe, start_epoch) or {}, start_epoch)
+
+    def _fingerprint_start(self, values: dict[int, np.ndarray], init_step: int, prefix: str) -> None:
+        """The initial fingerprint and ``sharing.json``, off the training thread (``prefix``: the later
+        fit's folder, empty for the run's first fit, which also sets the run's init tags)."""
+        fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_arrays, self._named(values))
+        self._initial_fingerprint = fingerprint
         records = fingerprint["variables"] if fingerprint else []
-        self.sharing = self._guard(PART_SHARING, sharing_report, self.model, records)
-        warning = symmetry_warning(self.sharing["identical_initial_values"]) if self.sharing else None
+        sharing = self._guard(PART_SHARING, sharing_report, self._model, records)
+        self._sharing = sharing
+        warning = symmetry_warning(sharing["identical_initial_values"]) if sharing else None
         if warning:
             logger.warning(warning)
         if fingerprint is not None:
-            if first_fit:
+            if not prefix:
                 self._set_tags({keys.TAG_INIT_FINGERPRINT: fingerprint["model"],
                                 keys.TAG_INIT_TOLERANT: fingerprint["tolerant"], keys.TAG_INIT_STEP: str(init_step),
                                 **({keys.TAG_SYMMETRY_WARNING: "true"} if warning else {})})
             self._guard(PART_ARTIFACTS, self._write_json, prefix + keys.FINGERPRINTS_INITIAL, fingerprint)
-        if self.sharing is not None:
-            self._guard(PART_ARTIFACTS, self._write_json, prefix + keys.SHARING, self.sharing)
-        self._guard(PART_DRIFT, self._keep_initial_values)
-        start_epoch = self._progress.last_epoch
-        self._guard(PART_BATCHNORM, self._start_batchnorm, start_epoch)
-        self._recorder = self._start_recorder()
-        if self.probe_batch is not None and start_epoch not in self._progress.probe_epochs:
-            self._log(self._guard(PART_PROBE, self._probe, start_epoch) or {}, start_epoch)
+        if sharing is not None:
+            self._guard(PART_ARTIFACTS, self._write_json, prefix + keys.SHARING, sharing)
 
     # The parts.
     def _guard(self, part: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -740,22 +712,41 @@ class LayerprintCallback(keras.callbacks.Callback):
             key = self._step_keys[name] = keys.sanitize_key(keys.step_key(name))
         return key
 
-    def _keep_initial_values(self) -> None:
-        self._paths = variable_paths(self.model)
-        self._initial_values = {id(v): np.array(v.numpy()) for v in unique_variables(self.model)}
+    def _read_values(self) -> dict[int, np.ndarray]:
+        """Every variable's current value by ``id`` (in the model's order): one compiled read when the
+        fit's state reader covers the model, else one read per variable (0.2 ms each on TensorFlow)."""
+        variables = unique_variables(self.model)  # `self.model`: on JAX, the trained state synced first
+        reader = self._recorder.reader if self._recorder is not None else None
+        if reader is not None and reader.variable_ids == [id(v) for v in variables]:
+            return dict(zip(reader.variable_ids, reader.values()))
+        return {id(v): np.array(v.numpy()) for v in variables}
 
-    def _drift(self) -> dict[str, float]:
-        """L2 distance of each layer's variables from their values at the start of the fit, and of the
-        whole model (variables created later are left out)."""
+    def _named(self, values: dict[int, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+        """``(path, layer, values)`` triples for ``fingerprint_arrays``."""
+        named = []
+        for key, array in values.items():
+            path = self._paths.get(key)
+            if path is None:  # a variable created during the fit
+                self._paths = variable_paths(self._model)
+                path = self._paths.get(key, str(key))
+            named.append((path, owning_layer_path(path), array))
+        return named
+
+    def _log_drift(self, values: dict[int, np.ndarray], epoch: int) -> None:
+        self._log(_sanitized(self._drift(values)), epoch)
+
+    def _drift(self, values: dict[int, np.ndarray]) -> dict[str, float]:
+        """L2 distance of each layer's trainable variables from their values at the start of the fit,
+        and of the whole model (variables created later are left out)."""
         squares: dict[str, float] = {}
         total = 0.0
-        for variable in unique_variables(self.model):
-            start = self._initial_values.get(id(variable))
-            if start is None or not variable.trainable:
+        for key, current in values.items():
+            start = self._initial_values.get(key)
+            if start is None or key not in self._trainable_ids:
                 continue
-            delta = np.asarray(variable.numpy(), dtype=np.float64) - start
+            delta = np.asarray(current, dtype=np.float64) - start
             square = float(np.sum(delta * delta))
-            path = self._paths.get(id(variable), variable.path)
+            path = self._paths.get(key, str(key))
             layer = owning_layer_path(path) or path
             squares[layer] = squares.get(layer, 0.0) + square
             total += square
@@ -772,21 +763,41 @@ class LayerprintCallback(keras.callbacks.Callback):
         progress.probe_norms.append(l2_norm(output))
         return {keys.PROBE_NORM: progress.probe_norms[-1]}
 
-    def _start_batchnorm(self, epoch: int) -> None:
-        self._bn_layers = find_batchnorm_layers(self.model)
-        if self._bn_layers and epoch not in self._progress.bn_epochs:
-            self._record_batchnorm(epoch)
+    def _start_recorder(self, in_step: bool) -> FlightRecorder:
+        """The fit's recorder; without a working state reader it still files and publishes the logs.
 
-    def _start_recorder(self) -> FlightRecorder:
-        """The fit's recorder; without a working state reader it still files and publishes the logs."""
+        Args:
+            in_step: let the train step record itself when it can (see ``TrainStepRecorder``); not for
+                a model captured inside its first step.
+        """
         model = self._model  # not `self.model`: on JAX that would copy the trained state back every time
         variables = unique_variables(model)
         reader = self._guard(PART_RECORDER, self._state_reader, model, variables)
+        step_recorder = None
+        if reader is not None and in_step and TrainStepRecorder.supported(model):
+            step_recorder = self._guard(PART_RECORDER, self._step_recorder, model, reader)
         paths = variable_paths(model)
-        return FlightRecorder(reader, [keys.checksum_key(paths[id(v)]) for v in variables], self._progress.record,
-                              self._log_timed, self.overhead_budget, self.log_every_n_steps,
-                              first_step=self._step_base + 1, sink_stats=lambda: getattr(self.sink, "stats", None),
-                              checksum_every=self.checksum_every)
+        recorder = FlightRecorder(reader, step_recorder, [keys.checksum_key(paths[id(v)]) for v in variables],
+                                  self._progress.record, self._log_timed, self.overhead_budget,
+                                  self.log_every_n_steps, first_step=self._step_base + 1,
+                                  sink_stats=lambda: getattr(self.sink, "stats", None),
+                                  checksum_every=self.checksum_every)
+        if step_recorder is not None:
+            model.train_function = step_recorder.train_function  # for this fit; restored at its end
+        return recorder
+
+    @staticmethod
+    def _step_recorder(model: Any, reader: StateReader) -> TrainStepRecorder:
+        recorder = _STEP_RECORDERS.get(model)
+        if recorder is None or not recorder.matches(model, reader):
+            recorder = _STEP_RECORDERS[model] = TrainStepRecorder(model, reader)
+        return recorder
+
+    def _restore_train_function(self) -> None:
+        """Give the model back its own train function (after the fit, or when it raised)."""
+        recorder = self._recorder.step_recorder if self._recorder is not None else None
+        if recorder is not None and getattr(self._model, "train_function", None) is recorder.train_function:
+            self._model.train_function = recorder.base_function
 
     def _state_reader(self, model: Any, variables: list[Any]) -> StateReader:
         reader = _READERS.get(model)
@@ -801,25 +812,23 @@ class LayerprintCallback(keras.callbacks.Callback):
             self._guard(PART_RECORDER, self._recorder.read, step, final)
 
     def _end_record_block(self, final: bool) -> None:
-        """File the pending reads (a failing reader does not stop the logs) and publish what is due."""
-        self._guard(PART_RECORDER, self._recorder.file_reads)
+        """File the recorded state (a failing reader does not stop the logs) and publish what is due."""
+        self._guard(PART_RECORDER, self._recorder.file_reads, final)
         self._guard(PART_SINK, self._recorder.publish_due, final)
 
     def _log_timed(self, points: dict[str, float], step: int, timestamp_ms: int) -> None:
         if self.sink is not None and points:
             self._guard(PART_SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
-    def _record_batchnorm(self, epoch: int) -> None:
-        for name, values in moving_statistics(self._bn_layers).items():
-            self._progress.bn_history.setdefault(name, []).append(values)
+    def _record_batchnorm(self, epoch: int, values: dict[int, np.ndarray] | None) -> None:
+        for name, statistics in moving_statistics(self._bn_layers, values).items():
+            self._progress.bn_history.setdefault(name, []).append(statistics)
         self._progress.bn_epochs.append(epoch)
 
-    def _write_final_weights(self) -> None:
-        variables = unique_variables(self.model)
-        if sum(int(np.prod(v.shape)) for v in variables) > self.max_weights_artifact_params:
+    def _write_final_weights(self, values: dict[int, np.ndarray]) -> None:
+        if sum(array.size for array in values.values()) > self.max_weights_artifact_params:
             return
-        paths = variable_paths(self.model)
-        arrays = {keys.sanitize_key(paths[id(v)]): np.asarray(v.numpy()) for v in variables}
+        arrays = {keys.sanitize_key(path): array for path, _, array in self._named(values)}
         self._save_artifact(keys.WEIGHTS_FINAL, lambda path: np.savez(path, **arrays))
 
     def _write_json(self, name: str, content: Any) -> None:
@@ -851,12 +860,27 @@ def _eager_scope() -> Any:
     return contextlib.nullcontext()
 
 
+def wait_for_runs(timeout: float | None = None) -> bool:
+    """Wait for the background work of every ``LayerprintCallback`` of this process (see
+    ``LayerprintCallback.wait``), as ``mlflow.flush_async_logging`` does for MLflow's own queue.
+
+    Args:
+        timeout: seconds to wait for each callback at most (None: until done).
+
+    Returns:
+        Whether all of it is done.
+    """
+    return all([callback.wait(timeout) for callback in list(_OPEN_CALLBACKS)])
+
+
 @atexit.register
 def _end_open_runs() -> None:
     """End FAILED the runs of fits that raised and were never closed (never left RUNNING)."""
     for callback in list(_OPEN_CALLBACKS):
         try:
-            callback._end_abandoned_fit()
+            if callback._open:
+                callback._end_abandoned_fit()
+            callback.wait()
         except Exception:  # noqa: BLE001 - interpreter exit: nothing to raise into
             pass
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from layerprint import keys
+from layerprint import keys, wait_for_runs
 from layerprint.inspection.fingerprint import exact_hash
 from layerprint.inspection.paths import SEED_STATE_NAME
 from layerprint.inspection.state import checksum_numpy
@@ -65,6 +65,7 @@ def check_run_matches_model(client: Any, run_id: str, model: Any, steps: list[in
     Returns:
         ``{"bn_layers": n, "variables": n}`` as checked.
     """
+    wait_for_runs()  # the runs the callbacks started end in the background
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED", (run.info.status, run.data.tags)
     assert keys.TAG_CALLBACK_ERROR not in run.data.tags, run.data.tags[keys.TAG_CALLBACK_ERROR]

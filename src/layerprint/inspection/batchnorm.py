@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprint import keys
 from layerprint.inspection.paths import walk_layers
 
 
@@ -31,14 +32,22 @@ def _is_batchnorm(layer: Any) -> bool:
     return any(cls.__name__ == "BatchNormalization" for cls in type(layer).__mro__)
 
 
-def moving_statistics(layers: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+def moving_statistics(layers: list[tuple[str, Any]],
+                      values: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Current moving mean and variance of each layer.
+
+    Args:
+        layers: ``(path, layer)`` pairs (``find_batchnorm_layers``).
+        values: variable values already read, by ``id`` of the variable (read here when missing).
 
     Returns:
         ``{"<layer path>/moving_mean": array, "<layer path>/moving_variance": array, ...}``.
     """
+    values = values or {}
     stats = {}
     for path, layer in layers:
-        stats[f"{path}/moving_mean"] = np.asarray(layer.moving_mean.numpy())
-        stats[f"{path}/moving_variance"] = np.asarray(layer.moving_variance.numpy())
+        for stat in keys.BN_STATS:
+            variable = getattr(layer, stat)
+            value = values.get(id(variable))
+            stats[f"{path}/{stat}"] = np.asarray(variable.numpy()) if value is None else value
     return stats

@@ -1,0 +1,209 @@
+"""The flight recorder: every step's state into the run's ``StepRecord``, a budgeted share to MLflow.
+
+Two sources of the state after each step:
+
+- TensorFlow (no distribution strategy, no XLA, variables built before training): the compiled train
+  step writes it itself (``inspection.state.TrainStepRecorder``); the training thread does nothing per
+  step and brings the rows to the host every ``DRAIN_EVERY`` calls of the train function.
+- Elsewhere (JAX, PyTorch, a strategy, XLA, a model built inside its first step): ``read`` dispatches
+  one compiled read (``inspection.state.StateReader``) before the next step changes the state, without
+  waiting; the reads are brought to the host together every ``DRAIN_EVERY`` steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from layerprint.tracking.steps import StepRecord
+
+DRAIN_EVERY = 32  # calls of the train function whose state is brought to the host together
+PRIOR_SECONDS_PER_POINT = 60e-6  # MLflow's SQL store, measured; replaced by the sink's own measurement
+
+
+class FlightRecorder:
+    """Every step's state into the run's ``StepRecord``, and a budgeted share of it to MLflow metrics.
+
+    The checksum cadence is 1 unless one checksum read costs more than a quarter of the budget per
+    step; then it is the smallest power of two that fits (so two runs always share checksum steps),
+    fixed for the run. The publishing cadence is the smallest power of two under what is left of the
+    budget, from the measured cost of recording and of the sink's sends.
+
+    The recorder is given its sources (the tracking layer never imports the inspection layer).
+
+    Args:
+        reader: the device-side reader of the model's state, an ``inspection.state.StateReader``
+            (None: only the logs are recorded).
+        step_recorder: the recording train step, an ``inspection.state.TrainStepRecorder``, when the
+            model's train step records itself.
+        checksum_columns: the record's column of each variable the reader checksums, in its order.
+        record: the run's record.
+        publish: ``publish(points, step, timestamp_ms)`` sends MLflow metrics.
+        budget: the share of the fit's time the callback may add.
+        forced_every: ``log_every_n_steps``, or None for the budget.
+        first_step: the fit's first global step.
+        sink_stats: returns the sink's ``SinkStats`` (its send time and points sent), or None.
+        checksum_every: a fixed checksum cadence instead of the measured one.
+    """
+
+    def __init__(self, reader: Any, step_recorder: Any,
+                 checksum_columns: list[str], record: StepRecord,
+                 publish: Callable[[dict[str, float], int, int], None], budget: float, forced_every: int | None,
+                 first_step: int, sink_stats: Callable[[], Any], checksum_every: int | None = None) -> None:
+        self.reader, self.step_recorder = reader, step_recorder
+        self.checksum_columns, self.record = checksum_columns, record
+        self.publish, self.budget, self.forced_every = publish, budget, forced_every
+        self.first_step, self.sink_stats = first_step, sink_stats
+        self.publish_every = forced_every or 1
+        self.last_snapshot = first_step - 1
+        self._filed = first_step - 1  # the last step whose state is in the record
+        self._published = first_step - 1
+        self._mandatory = {first_step}
+        self._pending: list[tuple[int, Any, Any]] = []
+        self._marks_since_drain = 0
+        self._started = time.perf_counter()
+        self._seconds = 0.0
+        self._seconds_lock = threading.Lock()
+        self._snapshot_times: list[float] = []
+        self._checksum_costs: list[float] = []
+        if checksum_every is not None:
+            record.checksum_every = checksum_every
+        self._cadence_fixed = checksum_every is not None or record.checksum_every > 1
+        if step_recorder is not None:
+            self._checksum_costs = [step_recorder.checksum_seconds] * 3
+            step_recorder.start(first_step, record.checksum_every)
+
+    def add_seconds(self, seconds: float) -> None:
+        """Count time the callback spent (any thread) against the budget."""
+        with self._seconds_lock:
+            self._seconds += seconds
+
+    def mark(self, step: int, final: bool) -> bool:
+        """Note that the state after ``step`` is reached; ``final`` (an epoch's or the fit's last step) is
+        always published and checksummed. Returns whether the step is new (then ``read`` it)."""
+        if step <= self.last_snapshot:
+            return False
+        self._snapshot_times.append(time.perf_counter())
+        self.last_snapshot = step
+        self._marks_since_drain += 1
+        if final:
+            self._mandatory.add(step)
+        return True
+
+    def read(self, step: int, final: bool) -> None:
+        """Dispatch the device reads of the state after ``step``, unless the train step records itself."""
+        if self.step_recorder is None:
+            self._read(step, final)
+        elif not self._cadence_fixed:
+            self._choose_checksum_cadence()
+
+    @property
+    def due(self) -> bool:
+        """Whether enough steps are waiting to bring them to the host together."""
+        return self._marks_since_drain >= DRAIN_EVERY
+
+    def file_reads(self, final: bool = False) -> None:
+        """Bring the recorded state to the host in one transfer and file it in the record.
+
+        Args:
+            final: at an epoch's or the fit's end: the last step gets its checksums even off the cadence.
+        """
+        started = time.perf_counter()
+        self._marks_since_drain = 0
+        if self.step_recorder is not None:
+            self._file_rows(final)
+            self._filed = self.first_step + self.step_recorder.drained - 1
+        else:
+            self._filed = self.last_snapshot
+        pending, self._pending = self._pending, []
+        columns_at = ((1, self.reader.bn_columns), (2, self.checksum_columns)) if self.reader is not None else ()
+        for index, columns in columns_at:
+            rows = [(entry[0], entry[index]) for entry in pending if entry[index] is not None]
+            if rows and columns:
+                self.record.set_vector([step for step, _ in rows], columns,
+                                       self.reader.to_host([values for _, values in rows]))
+        self.add_seconds(time.perf_counter() - started)
+
+    def publish_due(self, final: bool = False) -> None:
+        """Publish the recorded rows due under the cadence, then choose the cadence again.
+
+        Args:
+            final: at an epoch's or the fit's end, when every batch-end hook has run (Keras waits for
+                the ones it ran off the training thread): steps without logs are skipped, not waited for
+                (inside a ``steps_per_execution`` block Keras calls no hook).
+        """
+        started = time.perf_counter()
+        step = self._published + 1
+        while step <= min(self.last_snapshot, self._filed):
+            if not self.record.has_metrics(step):
+                if not final:
+                    break  # its batch-end hook may still be running
+            elif step in self._mandatory or step % self.publish_every == 0:
+                self.publish(self.record.row(step), step, self.record.time_ms(step))
+            step += 1
+        self._published = step - 1
+        self._choose_publish_cadence()
+        self.add_seconds(time.perf_counter() - started)
+
+    def _read(self, step: int, final: bool) -> None:
+        """Dispatch the device reads of the state after ``step`` (checksums always when ``final``)."""
+        if self.reader is None:
+            return
+        started = time.perf_counter()
+        every = self.record.checksum_every
+        with_checksums = final or step == self.first_step or step % every == 0
+        batchnorm, checksums = self.reader.read(with_checksums)
+        if with_checksums and not final:
+            self._checksum_costs.append(time.perf_counter() - started)
+            self._choose_checksum_cadence()
+        self._pending.append((step, batchnorm, checksums))
+        self.add_seconds(time.perf_counter() - started)
+
+    def _file_rows(self, final: bool) -> None:
+        """File the rows the train step wrote; at the end of a block, the state the last step left."""
+        indexes, batchnorm, checksummed, checksums = self.step_recorder.drain()
+        steps = [self.first_step + int(i) for i in indexes]
+        if steps and self.reader.bn_columns:
+            self.record.set_vector(steps, self.reader.bn_columns, batchnorm)
+        if steps and self.checksum_columns and checksummed.any():
+            self.record.set_vector([s for s, c in zip(steps, checksummed) if c], self.checksum_columns, checksums)
+        if final and self.step_recorder.steps_run:
+            last = self.first_step + self.step_recorder.steps_run - 1
+            self._read(last, final=True)
+            self.step_recorder.skip_last()
+
+    def _choose_checksum_cadence(self) -> None:
+        if self._cadence_fixed or len(self._checksum_costs) < 3 or len(self._snapshot_times) < 4:
+            return
+        step_seconds = float(np.median(np.diff(self._snapshot_times)))
+        if self.step_recorder is not None:
+            step_seconds /= self.step_recorder.steps_per_execution
+        cost = float(np.median(self._checksum_costs))
+        every = 1
+        while cost / (every * step_seconds) > self.budget / 4 and every < 2**16:
+            every *= 2
+        self.record.checksum_every = max(every, self.record.checksum_every)
+        self._cadence_fixed = True
+        if self.step_recorder is not None:
+            self.step_recorder.set_checksum_every(self.record.checksum_every)
+
+    def _choose_publish_cadence(self) -> None:
+        if self.forced_every is not None:
+            return
+        elapsed = time.perf_counter() - self._started
+        steps = self.last_snapshot - self.first_step + 1
+        if steps < 2 or elapsed <= 0:
+            return
+        stats = self.sink_stats()
+        sent = stats.metrics_sent if stats is not None else 0
+        per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
+        points_per_step = (len(self.reader.bn_columns) if self.reader is not None else 0) + 2
+        available = self.budget - self._seconds / elapsed
+        publishing = points_per_step * per_point * steps / elapsed  # the fraction at cadence 1
+        every = 1
+        while available > 0 and publishing / every > available and every < 2**20:
+            every *= 2
+        self.publish_every = every if available > 0 else 2**20
