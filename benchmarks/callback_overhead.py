@@ -1,16 +1,21 @@
 """Fit-time overhead of ``LayerprintCallback()`` at its defaults, as ratios measured in one run.
 
-For each model, in interleaved rounds (one fit of every configuration per round, so machine noise hits
-all of them alike), the median fit time of:
+For each model, in interleaved rounds (one fit of every configuration per round, in an order rotated
+from round to round, so that machine noise hits all of them alike), the fit of:
 
 - no callback (the baseline);
+
 - ``LayerprintCallback()`` at its defaults: every step in ``steps.parquet`` (checked after each fit:
   one row per step, a loss at every step), MLflow metrics under the 2 % budget, into a fresh SQLite
   store per fit. ``fit`` returns before the run it started is finished (final fingerprint, artifacts,
   last points, end of run: see ``LayerprintCallback.wait``); that work is waited for after each fit,
   outside its time, so that it never overlaps the next fit, and its median is printed;
 - references: ``mlflow.keras.MlflowCallback(log_every_n_steps=1)`` (every step into MLflow) and
-  ``keras.callbacks.TensorBoard(update_freq="batch")`` (every step to event files).
+  ``keras.callbacks.TensorBoard(update_freq="batch")`` (every step to event files);
+
+as the median over rounds of each round's ratio to the baseline, in wall-clock time (what the user
+waits) and in the process's CPU time over all threads (what the callback's threads add; steadier on a
+noisy machine).
 
 Models: the small CNN (3 BatchNorm layers, 32x32, batch 32, 300 steps) and ``keras.applications``
 MobileNetV2, ResNet50 and EfficientNetB0 (``weights=None``, 96x96, batch 16, 30 steps). Each model is
@@ -32,7 +37,7 @@ import time
 MODELS = {"cnn": (300, 32, 32), "mobilenetv2": (30, 16, 96), "resnet50": (30, 16, 96), "efficientnetb0": (30, 16, 96)}
 PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-PARSER.add_argument("--rounds", type=int, default=5)
+PARSER.add_argument("--rounds", type=int, default=7)
 PARSER.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
 ARGS = PARSER.parse_args()  # before Keras is imported: --device cpu hides the GPUs
 
@@ -78,20 +83,21 @@ def configurations() -> dict:
     return configs
 
 
-def timed_fit(model, callbacks, x, y, batch, tmp, mlflow_run: bool) -> tuple[float, float]:
-    """The fit's time, and the time the callbacks' background work went on after ``fit`` returned
-    (waited for outside the fit's time, so that it never runs into the next fit)."""
+def timed_fit(model, callbacks, x, y, batch, tmp, mlflow_run: bool) -> tuple[float, float, float]:
+    """The fit's wall-clock time, the process's CPU time during it (all threads), and the time the
+    callbacks' background work went on after ``fit`` returned (waited for outside the fit's time, so
+    that it never runs into the next fit)."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
     mlflow.set_experiment("bench")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if mlflow_run:
         with mlflow.start_run():
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
     else:
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
-    fitted = time.perf_counter()
+    fitted, cpu = time.perf_counter(), time.process_time() - cpu_start
     wait_for_runs()
-    return fitted - start, time.perf_counter() - fitted
+    return fitted - start, cpu, time.perf_counter() - fitted
 
 
 def check_record(tmp: str, steps: int) -> tuple[str, str]:
@@ -122,26 +128,38 @@ def main() -> None:
         compile_seconds = time.perf_counter() - started
         configs = configurations()
         times = {label: [] for label in configs}
+        cpu = {label: [] for label in configs}
         after = []  # seconds the layerprint run took to finish after fit returned
         cadence = None
         stores = {label: tempfile.TemporaryDirectory() for label in configs}  # one store per configuration,
         for label, make in configs.items():  # created here: warm-up, Keras traces the train step
             timed_fit(model, make(stores[label].name), x[: batch * 4], y[: batch * 4], batch, stores[label].name,
                       label.startswith("Mlflow"))
-        for _ in range(ARGS.rounds):
-            for label, make in configs.items():
+        labels = list(configs)
+        for round_index in range(ARGS.rounds):
+            shift = round_index % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                make = configs[label]
                 tmp = stores[label].name
-                fit_seconds, after_seconds = timed_fit(model, make(tmp), x, y, batch, tmp, label.startswith("Mlflow"))
+                fit_seconds, cpu_seconds, after_seconds = timed_fit(model, make(tmp), x, y, batch, tmp,
+                                                                    label.startswith("Mlflow"))
                 times[label].append(fit_seconds)
+                cpu[label].append(cpu_seconds)
                 if label == "layerprint":
                     after.append(after_seconds)
                     cadence = check_record(tmp, steps)
         base = statistics.median(times["baseline"])
+        # The ratio of each round (the configuration against the baseline of the same round), then the
+        # median over rounds: on a machine whose speed drifts, fits of one round are the best pair.
         print(f"\n{name}: {model.count_params():,} parameters, {len(find_batchnorm_layers(model))} BatchNorm layers, "
               f"{steps} steps of batch {batch} at {size}x{size}; baseline {base:.3f} s "
               f"({base / steps * 1e3:.1f} ms a step); state reader compiled once in {compile_seconds:.2f} s")
         for label, values in times.items():
-            print(f"  {label:32s} median {statistics.median(values):7.3f} s  ratio {statistics.median(values) / base:.3f}x")
+            ratios = [value / baseline for value, baseline in zip(values, times["baseline"])]
+            cpu_ratios = [value / baseline for value, baseline in zip(cpu[label], cpu["baseline"])]
+            print(f"  {label:32s} median {statistics.median(values):7.3f} s  ratio {statistics.median(ratios):.3f}x "
+                  f"(rounds {min(ratios):.3f}-{max(ratios):.3f}); CPU time {statistics.median(cpu_ratios):.3f}x "
+                  f"(rounds {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})")
         print(f"  layerprint: every step in steps.parquet; checksum_every={cadence[0]}, "
               f"MLflow publish_every={cadence[1]} (last round); the run finished "
               f"{statistics.median(after):.3f} s after fit returned (median, in the background)")

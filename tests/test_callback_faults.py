@@ -168,3 +168,17 @@ def test_a_fit_that_raises_is_ended_failed_at_interpreter_exit(sqlite_uri, clien
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
+
+
+def test_a_failing_recorder_gives_the_model_its_own_train_function_back(sqlite_uri, monkeypatch):
+    monkeypatch.setattr(TrainStepRecorder, "drain", _raise)
+    mlflow.set_tracking_uri(sqlite_uri)
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(x, x.sum(axis=1), epochs=1, batch_size=4, verbose=0)
+    own = model.train_function
+    callback = LayerprintCallback()
+    model.fit(x, x.sum(axis=1), epochs=1, batch_size=4, verbose=0, callbacks=[callback])
+    assert callback.callback_error.startswith("recorder: Injected")
+    assert model.train_function is own

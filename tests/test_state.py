@@ -55,10 +55,12 @@ def test_batchnorm_summaries_are_the_moving_statistics_moments():
     (_, bn), = layers
     bn.moving_mean.assign(np.linspace(-1, 2, 7).astype("float32"))
     reader = StateReader(model, unique_variables(model), layers)
-    summaries, checksums = reader.read(False)
+    values, checksums = reader.read(False)
     assert checksums is None
-    mean = bn.moving_mean.numpy()
-    np.testing.assert_allclose(np.asarray(summaries)[:4], [mean.mean(), mean.std(), mean.min(), mean.max()], rtol=1e-6)
+    summaries = reader.summarize(StateReader.to_host([values]))[0]
+    mean, variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    np.testing.assert_allclose(summaries, [mean.mean(), mean.std(), mean.min(), mean.max(),
+                                           variance.mean(), variance.std(), variance.min(), variance.max()], rtol=1e-6)
     assert reader.bn_columns[:4] == [f"bn/{layers[0][0]}/moving_mean/{s}" for s in ("mean", "std", "min", "max")]
 
 
@@ -72,7 +74,7 @@ class _HostReference(keras.callbacks.Callback):
     def _take(self):
         variables = unique_variables(self.model)
         self.checksums.append([checksum_numpy(np.asarray(v.numpy())) for v in variables])
-        self.bn_means.append(float(np.mean(self.model.get_layer("bn").moving_mean.numpy())))
+        self.bn_means.append(float(np.mean(self.model.get_layer("bn").moving_mean.numpy(), dtype=np.float64)))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.params.get("_seen"):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
-import threading
 import time
 import uuid
 import weakref
@@ -105,15 +104,16 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     Every optimizer step goes into the flight record, ``steps.parquet``: loss and compiled metrics
     (``train/<name>``), BatchNorm moving-stat summaries (``bn/...``) and an exact checksum of every
-    variable (``checksum/<path>``), read on the device by one compiled function and brought to the host
-    every 32 steps. The same ``train/`` and ``bn/`` series go to MLflow metrics at a cadence that keeps
+    variable (``checksum/<path>``), written on the device by the train step itself on TensorFlow (else
+    read by one compiled function per step) and brought to the host every 32 steps. The same ``train/`` and ``bn/`` series go to MLflow metrics at a cadence that keeps
     the callback within ``overhead_budget`` of the fit's time, measured as it runs (first and last steps
     and every epoch end always included); ``log_every_n_steps`` forces a cadence instead. Every epoch: epoch and
     validation metrics (``epoch/<name>``), per-layer weight drift from the weights at the start of
     the fit (``drift/<layer>``), the full BatchNorm vectors (kept for ``batchnorm.npz``) and, given a
     probe batch, a fingerprint and the norm of the model output on it. At train end: the final
-    fingerprint and the artifacts. A run the callback started ends FINISHED, or FAILED (with the
-    ``layerprint.failure`` tag) when a logged loss was NaN or infinite.
+    fingerprint and the artifacts, on a background thread (see ``wait``). A run the callback started
+    ends FINISHED, or FAILED (with the ``layerprint.failure`` tag) when a logged loss was NaN or
+    infinite.
 
     Telemetry never breaks training: an error inside the callback is printed as one warning, tagged
     on the run (``layerprint.callback_error``), and only the part that raised stops; ``fit`` goes on.
@@ -232,8 +232,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._non_finite_step: int | None = None
         self._bn_layers: list[tuple[str, Any]] = []
         self._recorder: FlightRecorder | None = None
+        self._swapped: TrainStepRecorder | None = None  # whose train function the model runs in this fit
         self._current_epoch = 0
-        self._step_lock = threading.Lock()
+        self._unfiled_logs: collections.deque[tuple[int, int, float, Any]] = collections.deque()
         self._step_keys: dict[str, str] = {}
         self._initial_values: dict[int, np.ndarray] = {}
         self._trainable_ids: set[int] = set()
@@ -336,19 +337,23 @@ class LayerprintCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if not self._open:
             return
-        started = time.perf_counter()
         step = self._epoch_start_step + batch + 1
-        with self._step_lock:
-            self._global_step = max(self._global_step, step)
+        if step > self._global_step:
+            self._global_step = step
         if self._pending_capture:
             self._capture_start(init_step=step)
-        values = {self._step_key(name): float(value) for name, value in (logs or {}).items() if _is_number(value)}
-        loss = values.get(self._step_key("loss"), 0.0)
-        if not np.isfinite(loss):
-            with self._step_lock:
+        # Filed in the record with the state, every DRAIN_EVERY steps: here, only a thread-safe append.
+        self._unfiled_logs.append((step, self._current_epoch, time.time() * 1000.0, logs))
+
+    def _file_logs(self) -> None:
+        """File the logs of the steps since the last call in the record (their ``train/`` values)."""
+        started = time.perf_counter()
+        while self._unfiled_logs:
+            step, epoch, time_ms, logs = self._unfiled_logs.popleft()
+            values = {self._step_key(name): float(value) for name, value in (logs or {}).items() if _is_number(value)}
+            if not np.isfinite(values.get(self._step_key("loss"), 0.0)):
                 self._non_finite_step = min(step, self._non_finite_step or step)
-        self._guard(PART_STEPS, self._progress.record.set_metrics, step, self._current_epoch,
-                    time.time() * 1000.0, values)
+            self._guard(PART_STEPS, self._progress.record.set_metrics, step, epoch, time_ms, values)
         if self._recorder is not None:
             self._recorder.add_seconds(time.perf_counter() - started)
 
@@ -360,6 +365,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._epoch_start_step = self._global_step
         if self._pending_capture:
             self._capture_start(init_step=self._global_step)
+        self._file_logs()
         if self._recorder is not None:
             self._snapshot(self._global_step, final=True)
             self._end_record_block(final=True)
@@ -383,11 +389,12 @@ class LayerprintCallback(keras.callbacks.Callback):
             return
         if self._pending_capture:
             self._capture_start(init_step=self._global_step)
+        self._file_logs()
         recorder = self._recorder
         if recorder is not None and recorder.last_snapshot < self._global_step:  # stopped inside an epoch
             self._snapshot(self._global_step, final=True)
             self._end_record_block(final=True)
-            self._guard(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
+            self._background(PART_ARTIFACTS, self._save_artifact, keys.STEPS, self._progress.record.write)
         if recorder is not None:
             self._set_tags({keys.TAG_CHECKSUM_EVERY: str(self._progress.record.checksum_every),
                             keys.TAG_PUBLISH_EVERY: str(recorder.publish_every)})
@@ -430,7 +437,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         if not self._open:
             return
         self._open = False
-        self._guard(PART_RECORDER, self._restore_train_function)
+        self._restore_train_function()  # even when the recorder part failed
         self._background(PART_FINISH, self._finish, status, values)
         self._progress.finishing = self._futures[-1] if self._futures else None
         if self._worker is not None:
@@ -784,6 +791,7 @@ class LayerprintCallback(keras.callbacks.Callback):
                                   checksum_every=self.checksum_every)
         if step_recorder is not None:
             model.train_function = step_recorder.train_function  # for this fit; restored at its end
+            self._swapped = step_recorder
         return recorder
 
     @staticmethod
@@ -795,7 +803,7 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     def _restore_train_function(self) -> None:
         """Give the model back its own train function (after the fit, or when it raised)."""
-        recorder = self._recorder.step_recorder if self._recorder is not None else None
+        recorder, self._swapped = self._swapped, None
         if recorder is not None and getattr(self._model, "train_function", None) is recorder.train_function:
             self._model.train_function = recorder.base_function
 
@@ -808,12 +816,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         return reader
 
     def _snapshot(self, step: int, final: bool) -> None:
-        if self._recorder.mark(step, final):
+        if self._recorder.mark(step, final) and self._recorder.reads_each_step:
             self._guard(PART_RECORDER, self._recorder.read, step, final)
 
     def _end_record_block(self, final: bool) -> None:
-        """File the recorded state (a failing reader does not stop the logs) and publish what is due."""
+        """File the logs and the recorded state (a failing reader does not stop the logs) and publish
+        what is due."""
+        self._file_logs()
         self._guard(PART_RECORDER, self._recorder.file_reads, final)
+        if PART_RECORDER in self._broken:
+            self._recorder.drop_state()
         self._guard(PART_SINK, self._recorder.publish_due, final)
 
     def _log_timed(self, points: dict[str, float], step: int, timestamp_ms: int) -> None:

@@ -1,5 +1,6 @@
 """Reading a model's state after a step on the device, without a host sync: exact checksums of every
-variable and the BatchNorm moving-stat summaries, each in one compiled function for all variables.
+variable and the BatchNorm moving statistics, each in one compiled function for all variables (their
+summaries, ``mean, std, min, max``, are computed on the host, many steps at once).
 
 **Checksum.** For a variable whose values, in C order and seen as 32-bit words (float32 and int32 as
 themselves, 16-bit types widened, float64 as two words), are ``w_0 .. w_{n-1}``:
@@ -73,11 +74,12 @@ class StateReader:
         self.bn_variables = [getattr(layer, stat) for _, layer in batchnorm_layers for stat in keys.BN_STATS]
         self.bn_columns = [keys.sanitize_key(keys.bn_key(path, stat, summary))
                            for path, _ in batchnorm_layers for stat in keys.BN_STATS for summary in keys.BN_SUMMARIES]
+        self.bn_sizes = [int(np.prod(v.shape)) for v in self.bn_variables]
         n_bn = len(self.bn_variables)
-        self._with_checksums = self._compile(lambda xp, arrays: (_bn_summaries_of(xp, arrays[:n_bn]),
+        self._with_checksums = self._compile(lambda xp, arrays: (_bn_values_of(xp, arrays[:n_bn]),
                                                                  _checksums_of(xp, arrays[n_bn:])),
                                              self.bn_variables + self.variables)
-        self._bn_only = self._compile(lambda xp, arrays: (_bn_summaries_of(xp, arrays), None), self.bn_variables)
+        self._bn_only = self._compile(lambda xp, arrays: (_bn_values_of(xp, arrays), None), self.bn_variables)
         self._values: Any = None
 
     def values(self) -> list[np.ndarray]:
@@ -117,10 +119,30 @@ class StateReader:
                     np.asarray(values)
 
     def read(self, with_checksums: bool) -> tuple[Any, Any]:
-        """``(batchnorm, checksums)`` as device arrays: ``mean, std, min, max`` of every BatchNorm moving
-        mean and variance, flat in ``bn_columns`` order (None without BatchNorm), and one 32-bit checksum
-        per variable (None unless ``with_checksums``)."""
+        """``(batchnorm, checksums)`` as device arrays: every BatchNorm moving mean and variance, flat in
+        one float32 vector (None without BatchNorm; ``summarize`` makes the ``bn_columns`` of it), and
+        one 32-bit checksum per variable (None unless ``with_checksums``)."""
         return (self._with_checksums if with_checksums else self._bn_only)()
+
+    def summarize(self, values: np.ndarray) -> np.ndarray:
+        """``mean, std, min, max`` of every BatchNorm variable, in ``bn_columns`` order, for each row of
+        flat BatchNorm values (``read``'s first output, stacked), on the host in float64.
+
+        Args:
+            values: ``(rows, sum of bn_sizes)`` array.
+
+        Returns:
+            ``(rows, len(bn_columns))`` float32 array.
+        """
+        values = np.asarray(values, np.float64)
+        starts = np.concatenate([[0], np.cumsum(self.bn_sizes)[:-1]]).astype(np.intp)
+        sizes = np.asarray(self.bn_sizes, np.float64)
+        mean = np.add.reduceat(values, starts, axis=1) / sizes
+        centred = values - np.repeat(mean, self.bn_sizes, axis=1)
+        std = np.sqrt(np.add.reduceat(centred * centred, starts, axis=1) / sizes)
+        out = np.stack([mean, std, np.minimum.reduceat(values, starts, axis=1),
+                        np.maximum.reduceat(values, starts, axis=1)], axis=2)
+        return out.reshape(len(values), -1).astype(np.float32)
 
     @staticmethod
     def to_host(arrays: list[Any]) -> np.ndarray:
@@ -181,7 +203,7 @@ class TrainStepRecorder:
     ``train_function`` is a copy of the model's train function whose step, before the model's own
     ``train_step``, writes one row into a ring buffer on the device: the state the previous step left
     (with whatever a callback changed between the two steps, as a read before the next step would see
-    it): the BatchNorm summaries (as ``StateReader.read``), every variable's checksum when due, and
+    it): the BatchNorm moving statistics (as ``StateReader.read``), every variable's checksum when due, and
     whether they were taken. Checksums are due at the fit's first step and at global steps divisible by
     the cadence, which lives in a device variable: changing it retraces nothing. The callback swaps the
     function in for a fit (``model.train_function``, which Keras calls at every step) and ``drain``
@@ -212,10 +234,12 @@ class TrainStepRecorder:
         self.base_function = model.train_function
         self.steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.capacity = capacity_steps * self.steps_per_execution
-        self.n_bn, self.n_variables = len(reader.bn_columns), len(reader.variables)
+        self.n_bn, self.n_variables = sum(reader.bn_sizes), len(reader.variables)
         with tf.init_scope():
-            self._rows = tf.Variable(tf.zeros((self.capacity, self.n_bn + self.n_variables + 1), tf.float64),
-                                     trainable=False, name="layerprint_rows")
+            self._bn_rows = tf.Variable(tf.zeros((self.capacity, self.n_bn), tf.float32), trainable=False,
+                                        name="layerprint_bn_rows")
+            self._rows = tf.Variable(tf.zeros((self.capacity, self.n_variables + 1), tf.float64),
+                                     trainable=False, name="layerprint_checksum_rows")
             self._count = tf.Variable(0, dtype=tf.int64, trainable=False, name="layerprint_count")
             self._first_step = tf.Variable(1, dtype=tf.int64, trainable=False, name="layerprint_first_step")
             self._every = tf.Variable(1, dtype=tf.int64, trainable=False, name="layerprint_checksum_every")
@@ -258,17 +282,18 @@ class TrainStepRecorder:
 
         Returns:
             ``(steps, batchnorm, checksummed, checksums)``: the 0-based steps of the fit, the BatchNorm
-            summaries (one row per step, ``bn_columns`` order), whether each step has checksums, and
+            values (one row per step, as ``StateReader.read``), whether each step has checksums, and
             the checksums (int64) of those steps only.
         """
         self.steps_run = int(self._count.numpy())
         end = self.steps_run - 1  # rows exist for the steps before the last one
         indexes = np.arange(max(self.drained, end - self.capacity + 1, 0), max(end, 0))
         self.drained = max(self.drained, end)
-        rows = self._rows.numpy()[indexes % self.capacity] if len(indexes) else np.zeros((0, self._rows.shape[1]))
+        slots = indexes % self.capacity
+        rows = self._rows.numpy()[slots]
+        batchnorm = self._bn_rows.numpy()[slots] if self.n_bn else np.zeros((len(slots), 0), np.float32)
         checksummed = rows[:, -1] > 0
-        checksums = rows[checksummed, self.n_bn : self.n_bn + self.n_variables].astype(np.int64)
-        return indexes, rows[:, : self.n_bn].astype(np.float32), checksummed, checksums
+        return indexes, batchnorm, checksummed, rows[checksummed, : self.n_variables].astype(np.int64)
 
     def skip_last(self) -> None:
         """The caller read the state the last step left itself: the next drain starts after it."""
@@ -297,16 +322,17 @@ class TrainStepRecorder:
         last slot holds until a real one replaces it: it is never drained)."""
         import tensorflow as tf
 
-        bn = _bn_summaries_of(tf, [v.value for v in self.reader.bn_variables])
-        bn = tf.zeros((0,), tf.float64) if bn is None else tf.cast(bn, tf.float64)
         index = self._count.read_value() - 1  # the previous step, 0-based in the fit
+        slot = tf.reshape(tf.math.floormod(index, self.capacity), (1, 1))
+        if self.n_bn:  # the raw values: a summary on the device would cost more ops than the copy
+            bn = _bn_values_of(tf, [v.value for v in self.reader.bn_variables])
+            self._bn_rows.scatter_nd_update(slot, tf.expand_dims(bn, 0))
         due = tf.logical_or(tf.equal(index, 0), tf.equal((self._first_step + index) % self._every, 0))
         variables = [v.value for v in self.reader.variables]
         checksums = tf.cond(due, lambda: tf.cast(_checksums_of(tf, variables), tf.float64),
                             lambda: tf.zeros((self.n_variables,), tf.float64))
-        row = tf.concat([bn, checksums, tf.reshape(tf.cast(due, tf.float64), (1,))], 0)
-        slot = tf.math.floormod(index, self.capacity)
-        self._rows.scatter_nd_update(tf.reshape(slot, (1, 1)), tf.expand_dims(row, 0))
+        row = tf.concat([checksums, tf.reshape(tf.cast(due, tf.float64), (1,))], 0)
+        self._rows.scatter_nd_update(slot, tf.expand_dims(row, 0))
         self._count.assign_add(1)
 
 
@@ -359,23 +385,10 @@ def _tf_words(tf: Any, array: Any) -> Any:
     return tf.cast(tf.cast(flat, tf.uint8), tf.int32)
 
 
-def _bn_summaries_of(xp: Any, arrays: list[Any]) -> Any:
-    """``mean, std, min, max`` of every array, flat (float32), from one concatenated vector (None for
-    no arrays)."""
+def _bn_values_of(xp: Any, arrays: list[Any]) -> Any:
+    """Every array flat in one float32 vector (None for no arrays)."""
     if not arrays:
         return None
     if xp.__name__ == "tensorflow":
-        tf = xp
-        values = tf.concat([tf.cast(tf.reshape(array, [-1]), tf.float32) for array in arrays], 0)
-        ends = np.cumsum([int(np.prod(array.shape)) for array in arrays])
-        segment = tf.searchsorted(tf.constant(ends, tf.int32), tf.range(tf.size(values), dtype=tf.int32), side="right")
-        mean = tf.math.segment_mean(values, segment)
-        centred = values - tf.gather(mean, segment)
-        std = tf.sqrt(tf.math.segment_mean(centred * centred, segment))
-        out = tf.stack([mean, std, tf.math.segment_min(values, segment), tf.math.segment_max(values, segment)], 1)
-        return tf.reshape(out, [-1])
-    parts = []
-    for array in arrays:
-        values = xp.ravel(xp.asarray(array, dtype=xp.float32))
-        parts.append(xp.stack([values.mean(), values.std(), values.min(), values.max()]))
-    return xp.concatenate(parts)
+        return xp.concat([xp.cast(xp.reshape(array, [-1]), xp.float32) for array in arrays], 0)
+    return xp.concatenate([xp.ravel(xp.asarray(array, dtype=xp.float32)) for array in arrays])

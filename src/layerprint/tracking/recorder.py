@@ -100,6 +100,17 @@ class FlightRecorder:
         elif not self._cadence_fixed:
             self._choose_checksum_cadence()
 
+    def drop_state(self) -> None:
+        """Record and publish the logs only, from now on (the state's reader failed)."""
+        self.reader = self.step_recorder = None
+        self._pending = []
+
+    @property
+    def reads_each_step(self) -> bool:
+        """Whether ``read`` has work at every step (not once the train step records itself on a fixed
+        checksum cadence)."""
+        return self.step_recorder is None or not self._cadence_fixed
+
     @property
     def due(self) -> bool:
         """Whether enough steps are waiting to bring them to the host together."""
@@ -123,8 +134,9 @@ class FlightRecorder:
         for index, columns in columns_at:
             rows = [(entry[0], entry[index]) for entry in pending if entry[index] is not None]
             if rows and columns:
+                values = self.reader.to_host([values for _, values in rows])
                 self.record.set_vector([step for step, _ in rows], columns,
-                                       self.reader.to_host([values for _, values in rows]))
+                                       self.reader.summarize(values) if index == 1 else values)
         self.add_seconds(time.perf_counter() - started)
 
     def publish_due(self, final: bool = False) -> None:
@@ -136,8 +148,10 @@ class FlightRecorder:
                 (inside a ``steps_per_execution`` block Keras calls no hook).
         """
         started = time.perf_counter()
+        self._choose_publish_cadence()  # from what the fit has measured so far, before this block goes out
         step = self._published + 1
-        while step <= min(self.last_snapshot, self._filed):
+        stateless = self.reader is None and self.step_recorder is None
+        while step <= (self.last_snapshot if stateless else min(self.last_snapshot, self._filed)):
             if not self.record.has_metrics(step):
                 if not final:
                     break  # its batch-end hook may still be running
@@ -145,7 +159,6 @@ class FlightRecorder:
                 self.publish(self.record.row(step), step, self.record.time_ms(step))
             step += 1
         self._published = step - 1
-        self._choose_publish_cadence()
         self.add_seconds(time.perf_counter() - started)
 
     def _read(self, step: int, final: bool) -> None:
@@ -167,7 +180,7 @@ class FlightRecorder:
         indexes, batchnorm, checksummed, checksums = self.step_recorder.drain()
         steps = [self.first_step + int(i) for i in indexes]
         if steps and self.reader.bn_columns:
-            self.record.set_vector(steps, self.reader.bn_columns, batchnorm)
+            self.record.set_vector(steps, self.reader.bn_columns, self.reader.summarize(batchnorm))
         if steps and self.checksum_columns and checksummed.any():
             self.record.set_vector([s for s, c in zip(steps, checksummed) if c], self.checksum_columns, checksums)
         if final and self.step_recorder.steps_run:

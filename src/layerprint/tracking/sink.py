@@ -117,14 +117,14 @@ class RunSink:
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything queued so far; True when it was all sent or spooled within ``timeout``."""
         deadline = time.monotonic() + timeout
-        self._wake.set()
         while time.monotonic() < deadline:
             with self._lock:
                 idle = (not (self._metrics or self._params or self._tags or self._artifacts)
                         and self._inflight is None and self._artifact_inflight is None)
             if idle:
                 return True
-            time.sleep(0.01)
+            self._wake.set()  # at every poll: what was queued after the thread's last look goes now
+            time.sleep(0.005)
         return False
 
     def close(self, timeout: float = 30.0) -> SinkStats:
