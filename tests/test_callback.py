@@ -347,7 +347,7 @@ def test_a_run_the_callback_starts_belongs_to_one_fit(sqlite_uri, client):
     mlflow.set_tracking_uri(sqlite_uri)
     model, _ = _fine_tuning_model()
     model.compile("adam", "mse")
-    callback = LayerprintCallback()
+    callback = LayerprintCallback(log_every_n_steps=1)  # every step published, whatever the budget chooses
     model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
     model.fit(*_data(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
     callback.wait()
