@@ -54,6 +54,21 @@ def client(sqlite_uri):
 
 
 @pytest.fixture
+def postgres_uri():
+    """A fresh database on the local PostgreSQL server, dropped after the test. Skips when there is
+    no server, unless ``LAYERPRINT_REQUIRE_POSTGRES`` is set (CI): then the test fails."""
+    from helpers import postgres
+
+    reason = postgres.unavailable_reason()
+    if reason:
+        if postgres.required():
+            pytest.fail(f"{reason}, and {postgres.REQUIRE_ENV} is set")
+        pytest.skip(reason)
+    with postgres.fresh_database() as uri:
+        yield uri
+
+
+@pytest.fixture
 def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     yield server

@@ -55,8 +55,16 @@ def _spool_files(tmp_path):
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def test_server_killed_mid_fit_and_restarted_loses_nothing_and_duplicates_nothing(tmp_path):
-    server = MlflowServer(tmp_path / "server").start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_backend(request):
+    """The backend store of the tracking server a test starts: None (SQLite) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_uri")
+
+
+def test_server_killed_mid_fit_and_restarted_loses_nothing_and_duplicates_nothing(tmp_path, server_backend):
+    server = MlflowServer(tmp_path / "server", backend_uri=server_backend).start()
     run_id_file = tmp_path / "run_id"
     fit = _fit(server.uri, "faults", run_id_file, "--steps", "60", "--sleep", "0.05")
     try:
@@ -65,12 +73,12 @@ def test_server_killed_mid_fit_and_restarted_loses_nothing_and_duplicates_nothin
         _wait_for(lambda: len(_steps(client, run_id, "train/loss")) >= 5, what="first points")
         server.kill(signal.SIGKILL)
         time.sleep(3)  # training goes on while nothing listens
-        server = MlflowServer(tmp_path / "server", port=server.port).start()
+        server = MlflowServer(tmp_path / "server", port=server.port, backend_uri=server_backend).start()
         out, err = fit.communicate(timeout=300)
     finally:
         fit.kill()
         server.kill()
-        server = MlflowServer(tmp_path / "server", port=server.port).start()
+        server = MlflowServer(tmp_path / "server", port=server.port, backend_uri=server_backend).start()
     try:
         assert fit.returncode == 0, err[-3000:]
         client = MlflowClient(server.uri)

@@ -1,9 +1,11 @@
-"""Sweeps: parallel jobs with joblib, a failing job, a real tracking server, cluster configs."""
+"""Sweeps on real engines: joblib workers, Ray on a local cluster, submitit's local jobs, a failing
+job, real tracking servers on SQLite and on PostgreSQL, cluster configs."""
 
+import re
 
 import numpy as np
 import pytest
-from helpers.processes import run_cli
+from helpers.processes import MlflowServer, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
@@ -52,9 +54,15 @@ def test_joblib_runs_four_jobs_in_parallel_into_one_sqlite_store(tmp_path):
     assert {"compare/compare.json", "compare/loss_curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
 
 
-def test_a_failing_job_does_not_lose_the_others(tmp_path):
+def _good_npz(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "good.npz", x=rng.normal(size=(64, 8)).astype("float32"), y=rng.normal(size=(64, 1)).astype("float32"))
+    path = tmp_path / "good.npz"
+    np.savez(path, x=rng.normal(size=(64, 8)).astype("float32"), y=rng.normal(size=(64, 1)).astype("float32"))
+    return path
+
+
+def test_a_failing_job_does_not_lose_the_others(tmp_path):
+    _good_npz(tmp_path)
     done = run_cli(["layerprint-train", "-m", "data=npz", f"data.path={tmp_path / 'good.npz'},{tmp_path / 'missing.npz'}",
                     "trainer.optimizer=sgd", "trainer.learning_rate=0.01,1e15", "layer=dense", "device=cpu",
                     "trainer.epochs=2"], tmp_path, timeout=400)
@@ -94,15 +102,88 @@ def test_server_mode_runs_a_sweep_through_a_real_mlflow_server(tmp_path, mlflow_
     assert f"layerprint compare --tracking-uri {mlflow_server.uri} --parent" in done.stdout
 
 
+def test_joblib_sweep_through_a_server_on_postgresql(tmp_path, postgres_uri):
+    server = MlflowServer(tmp_path / "server", backend_uri=postgres_uri).start()
+    try:
+        done = run_cli(["layerprint-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "tracking=server",
+                        "variant=duplicated,shared,copied,cloned", *SMALL], tmp_path,
+                       env={"LAYERPRINT_SERVER_URI": server.uri}, timeout=500)
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = MlflowClient(server.uri)
+        (parent,), children = _runs(client)
+        assert parent.info.status == "FINISHED" and len(children) == 4
+        assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+        for child in children:
+            _assert_complete(client, child)
+        assert len({c.data.tags["layerprint.pid"] for c in children}) > 1
+    finally:
+        server.kill()
+    # the runs live in PostgreSQL, not in a SQLite file next to the server
+    assert not (tmp_path / "server" / "mlflow.db").exists()
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_uri)
+    with engine.connect() as connection:
+        stored = connection.execute(sqlalchemy.text(
+            "select count(*) from metrics where key = 'train/loss' and run_uuid in "
+            "(select run_uuid from tags where key = 'mlflow.parentRunId')")).scalar()
+    engine.dispose()
+    assert stored == 4 * STEPS  # every step of every job, once
+
+
+def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
+    good = _good_npz(tmp_path)
+    done = run_cli(["layerprint-train", "-m", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
+                    "data=npz", f"data.path={good},{tmp_path / 'missing.npz'}", "variant=duplicated,shared",
+                    "layer=dense", "device=cpu", "trainer.epochs=2"], tmp_path, timeout=500)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (parent,), children = _runs(client)
+    assert len(children) == 4 and parent.info.status == "FAILED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert sorted(c.data.tags[keys.TAG_VARIANT] for c in finished) == ["duplicated", "shared"]
+    for child in finished:
+        _assert_complete(client, child)
+    assert len(failed) == 2 and all("does not exist" in c.data.tags[keys.TAG_FAILURE] for c in failed)
+    assert parent.data.tags[keys.TAG_FAILED_JOBS].count("FAILED") == 2
+    # each finished run was logged from a Ray worker: Ray prefixes what its workers print with their pid
+    ray_workers = set(re.findall(r"\(_run_job pid=(\d+)\)", done.stdout + done.stderr))
+    assert {c.data.tags["layerprint.pid"] for c in finished} <= ray_workers
+
+
+def test_submitit_local_jobs_sweep(tmp_path):
+    done = run_cli(["layerprint-train", "-m", "hydra/launcher=submitit_local_jobs", "variant=duplicated,shared", *SMALL],
+                   tmp_path, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (parent,), children = _runs(client)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:
+        _assert_complete(client, child)
+    # each run was logged by its own submitit job: its line is in that job's log, and in no other
+    logs = [p.read_text() for p in (tmp_path / "multirun").rglob(".submitit/*/*_log.out")]
+    assert len(logs) == 2
+    for child in children:
+        assert sum(f"run {child.info.run_id} FINISHED" in log for log in logs) == 1
+
+
 def test_cluster_and_server_configs_compose(monkeypatch, cfg_train):
     monkeypatch.setenv("LAYERPRINT_SERVER_URI", "http://mlflow.internal:5000")
     slurm = cfg_train("hydra/launcher=slurm", "tracking=server", "hydra.launcher.partition=gpu", hydra=True)
     local = cfg_train("hydra/launcher=submitit_local_jobs", hydra=True)
     joblib = cfg_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", hydra=True)
+    ray = cfg_train("hydra/launcher=ray", "hydra.launcher.ray.init.address=auto", hydra=True)
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
     assert slurm.hydra.launcher.partition == "gpu" and slurm.hydra.launcher.cpus_per_task == 4
     assert slurm.tracking.uri == "http://mlflow.internal:5000"
     assert local.hydra.launcher._target_.endswith("LocalLauncher")
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2
+    assert ray.hydra.launcher._target_.endswith("RayLauncher") and ray.hydra.launcher.ray.init.address == "auto"
+    assert ray.hydra.launcher.ray.remote.num_cpus == 1
     monkeypatch.delenv("LAYERPRINT_SERVER_URI")
     assert cfg_train("tracking=server").tracking.uri == "http://127.0.0.1:5000"

@@ -24,12 +24,14 @@ def run_cli(args, cwd, env=None, timeout=300):
 
 
 class MlflowServer:
-    """A real ``mlflow server`` subprocess on 127.0.0.1 with a SQLite backend and proxied artifacts."""
+    """A real ``mlflow server`` subprocess on 127.0.0.1 with proxied artifacts; its backend store is a
+    SQLite file under ``root`` unless ``backend_uri`` names another (a PostgreSQL database)."""
 
-    def __init__(self, root, port=None):
+    def __init__(self, root, port=None, backend_uri=None):
         self.root = Path(root)
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_uri = backend_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.process = None
 
     def start(self, timeout=90):
@@ -38,7 +40,7 @@ class MlflowServer:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)

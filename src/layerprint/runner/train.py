@@ -219,15 +219,23 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def _parallel_jobs() -> int:
-    """How many jobs of this sweep run at once on this machine (the launcher's ``n_jobs``; 1 otherwise)."""
+    """How many jobs of this sweep run at once on this machine: the joblib launcher's ``n_jobs``; for
+    launchers that reserve CPUs per job (Ray's ``ray.remote.num_cpus``, submitit's ``cpus_per_task``),
+    as many as fit on this machine's cores; 1 otherwise."""
     from hydra.core.hydra_config import HydraConfig
 
     if not in_multirun():
         return 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if not isinstance(n_jobs, int):
-        return 1
-    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    launcher = HydraConfig.get().launcher
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs")
+    if isinstance(n_jobs, int):
+        return cores if n_jobs < 0 else n_jobs
+    ray = launcher.get("ray")
+    cpus_per_job = ray.get("remote", {}).get("num_cpus") if ray is not None else launcher.get("cpus_per_task")
+    if isinstance(cpus_per_job, (int, float)) and cpus_per_job >= 1:
+        return max(1, int(cores // cpus_per_job))
+    return 1
 
 
 def main() -> None:
