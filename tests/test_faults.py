@@ -222,6 +222,34 @@ def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, clien
     assert not _spool_files(tmp_path)
 
 
+OPEN_AT_ONCE = """
+import os, sys, time
+from layerprint.tracking.store import experiment_id_for, open_store
+uri, go, ready = sys.argv[1:4]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+client = open_store(uri)
+print(client.create_run(experiment_id_for(client, uri, "at-once")).info.run_id)
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path, sqlite_uri, client):
+    # MLflow creates (and migrates) a new SQLite store on first use; two processes doing it at once
+    # collide ("table _alembic_tmp_metrics already exists"). Four processes released together, 3 times over.
+    for attempt in range(3):
+        uri = sqlite_uri.replace("mlflow.db", f"fresh{attempt}.db")
+        go, ready = tmp_path / f"go{attempt}", [tmp_path / f"ready{attempt}-{i}" for i in range(4)]
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, str(go), str(r)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for r in ready]
+        _wait_for(lambda: all(r.exists() for r in ready), what="every process to import MLflow")
+        go.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-600:] for _, err in results]
+        fresh = MlflowClient(uri)
+        assert len(fresh.search_runs([fresh.get_experiment_by_name("at-once").experiment_id])) == 4
+
+
 def test_experiment_created_by_another_writer_between_lookup_and_create_is_used(sqlite_uri):
     """The race four concurrent fits hit: each looks the experiment up, finds none, and creates it."""
     other = MlflowClient(sqlite_uri)

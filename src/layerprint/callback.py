@@ -32,7 +32,7 @@ from layerprint.tracking.recorder import FlightRecorder
 from layerprint.tracking.redact import redact, strip_credentials
 from layerprint.tracking.sink import RunSink
 from layerprint.tracking.steps import StepRecord
-from layerprint.tracking.store import experiment_id_for, resolve_tracking_uri
+from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
 
 logger = logging.getLogger("layerprint")
 
@@ -535,7 +535,7 @@ class LayerprintCallback(keras.callbacks.Callback):
             return mlflow.get_tracking_uri(), active.info.run_id, False, None
         uri = resolve_tracking_uri(self.tracking_uri or _env_or_current_uri())
         try:
-            client = mlflow.tracking.MlflowClient(uri)
+            client = create_client(uri)
             experiment_id = _experiment_id(client, uri, self.experiment_name, active)
             run_tags = {}
             if active is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -103,6 +104,44 @@ def ensure_sqlite_parent(uri: str) -> None:
         raise TrackingError(f"the store folder {path.parent} is not writable")
 
 
+@contextlib.contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock, across processes, on the folder of a SQLite store while MLflow creates
+    or upgrades it: processes that open a new store at once would otherwise run its migrations
+    together and fail (``table _alembic_tmp_metrics already exists``). Other stores, or systems
+    without ``fcntl``: no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = os.open(Path(uri[len("sqlite:///") :]).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
+        yield
+    finally:
+        os.close(folder)
+
+
+def create_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri`` whose store exists and is up to date: created and upgraded now,
+    one process at a time for a SQLite file (see ``_store_creation_lock``).
+
+    Raises:
+        TrackingError: the folder of a SQLite store cannot be created or written.
+        Exception: whatever MLflow raises when the store cannot be opened.
+    """
+    from mlflow.tracking import MlflowClient
+
+    ensure_sqlite_parent(uri)
+    with _store_creation_lock(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
 def open_store(uri: str) -> Any:
     """A client for ``uri``, with the store created (and upgraded) now, once, before any job logs.
 
@@ -115,17 +154,14 @@ def open_store(uri: str) -> Any:
     Raises:
         TrackingError: the store cannot be opened.
     """
-    from mlflow.tracking import MlflowClient
-
-    ensure_sqlite_parent(uri)
     check_server_reachable(uri)
-    client = MlflowClient(uri)
     try:
-        client.search_experiments(max_results=1)
+        return create_client(uri)
+    except TrackingError:
+        raise
     except Exception as error:  # noqa: BLE001 - reported as one line
         raise TrackingError(f"cannot open the tracking store {strip_credentials(uri)}: "
                             f"{strip_credentials(first_line(error))[:300]}") from None
-    return client
 
 
 def default_artifact_location(uri: str, experiment_name: str) -> str | None:
