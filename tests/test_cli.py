@@ -53,3 +53,37 @@ def test_sweep_children_share_one_parent(tmp_path):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert parents[0].info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "compare")} >= {"compare/compare.json"}
+
+
+QUIET_START_UP = """
+import sys
+from layerprint.errors import DeviceError
+from layerprint.runner.runtime import quiet_native_start_up
+try:
+    with quiet_native_start_up():
+        import tensorflow as tf
+        tf.config.list_physical_devices("GPU")
+        print("a line that is not TensorFlow's", file=sys.stderr)
+        if sys.argv[1] == "fail":
+            raise DeviceError("no GPU")
+except DeviceError as error:
+    print(f"layerprint-train: error: {error}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["fail", "succeed"])
+def test_tensorflow_start_up_lines_never_reach_the_terminal(tmp_path, outcome):
+    import subprocess
+    import sys
+
+    # TF_CPP_MIN_LOG_LEVEL=2 is what the console scripts set; TensorFlow prints its start-up lines anyway
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1", "PATH": "/usr/bin:/bin"}
+    loud = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices('GPU')"],
+                          capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", QUIET_START_UP, outcome], capture_output=True, text=True, env=env)
+    assert loud.stderr.strip(), "TensorFlow printed nothing at start-up: this test shows nothing"
+    if outcome == "fail":
+        assert (done.returncode, done.stderr) == (2, "layerprint-train: error: no GPU\n")
+    else:
+        assert (done.returncode, done.stderr) == (0, "a line that is not TensorFlow's\n")

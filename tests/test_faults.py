@@ -173,25 +173,36 @@ def compare_store(tmp_path_factory):
     return uri
 
 
+def _tensorflow_that_cannot_be_imported(root):
+    """A folder to put first on PYTHONPATH: importing tensorflow from it fails with a known message."""
+    (root / "tensorflow").mkdir(parents=True)
+    (root / "tensorflow" / "__init__.py").write_text('raise ImportError("TENSORFLOW WAS IMPORTED")\n')
+    return str(root)
+
+
 def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, compare_store):
+    # Every case is checked before TensorFlow is imported: TensorFlow cannot be imported here.
     write_bad_files(tmp_path)
     cases = bad_inputs(tmp_path)
     assert len(cases) >= 40
+    no_tensorflow = _tensorflow_that_cannot_be_imported(tmp_path / "no-tf")
 
     def check(index_case):
         index, (args, fragment, _) = index_case
         cwd = tmp_path / f"case{index}"
         cwd.mkdir()
         env = {"MLFLOW_TRACKING_URI": compare_store} if args[0] == "layerprint" and "--tracking-uri" not in args else {}
-        done = run_cli(args, cwd, env=env, timeout=180)
+        done = run_cli(args, cwd, env={**env, "PYTHONPATH": no_tensorflow}, timeout=180)
         problems = []
         if done.returncode == 0:
             problems.append("exit 0")
-        if "Traceback" in done.stderr:
-            problems.append("traceback")
+        if "Traceback" in done.stderr or "TENSORFLOW WAS IMPORTED" in done.stderr:
+            problems.append("traceback or TensorFlow imported")
         lines = done.stderr.strip().splitlines()
         if not lines or fragment not in lines[-1] or ": error: " not in lines[-1]:
             problems.append(f"last line {lines[-1] if lines else ''!r}")
+        if len((done.stdout + done.stderr).strip().splitlines()) > 2:
+            problems.append(f"{len((done.stdout + done.stderr).strip().splitlines())} lines printed")
         store = cwd / "mlruns" / "mlflow.db"
         if store.exists():  # bad input is refused before any run exists: none is left, RUNNING or not
             client = MlflowClient(f"sqlite:///{store}")
@@ -204,6 +215,21 @@ def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, 
     assert not failures, failures
     client = MlflowClient(compare_store)
     assert all(r.info.status == "FINISHED" for r in client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+def test_bad_input_that_needs_no_tensorflow_is_refused_within_a_second(tmp_path):
+    write_bad_files(tmp_path)
+    quick = [["layerprint-train", "variant=nope"], ["layerprint-train", "tracking.uri=ftp://example/x"],
+             ["layerprint-train", "data=npz", f"data.path={tmp_path / 'not-an-npz.npz'}"],
+             ["layerprint-train", "device=gpu"], ["layerprint", "compare", "--atol", "-1"]]
+    for args in quick:
+        seconds = []
+        for _ in range(3):  # the best of three: this machine is shared
+            start = time.perf_counter()
+            done = run_cli(args, tmp_path, env={"CUDA_VISIBLE_DEVICES": "-1"})
+            seconds.append(time.perf_counter() - start)
+            assert done.returncode == 2 and ": error: " in done.stderr, done.stderr[-500:]
+        assert min(seconds) < 1.0, (args, seconds)
 
 
 def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, client):

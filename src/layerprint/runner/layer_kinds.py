@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import keras
-
 from layerprint.runner.schema import LayerKindName
 
 CONSTANT_VALUE = 0.05
@@ -39,7 +37,7 @@ class LayerKind:
     constraint_axis: Any
     sample: tuple[str, ...] = ("features",)
     pooling: Callable[..., Any] | None = None
-    stem: Callable[..., Any] = lambda width, name: keras.layers.Dense(width, name=name)
+    stem: Callable[..., Any] = lambda width, name: _keras().layers.Dense(width, name=name)
     spacer: bool = False
 
     @property
@@ -54,51 +52,59 @@ class LayerKind:
         return tuple(sizes[axis] for axis in self.sample)
 
 
+def _keras() -> Any:
+    """Keras, imported on first use: the sample shapes above are read (to check and load data) before
+    TensorFlow is imported."""
+    import keras
+
+    return keras
+
+
 def _dense(cfg: Any, name: str, **kw: Any) -> Any:
-    return keras.layers.Dense(cfg.width, activation="relu", name=name, **kw)
+    return _keras().layers.Dense(cfg.width, activation="relu", name=name, **kw)
 
 
 def _conv2d(cfg: Any, name: str, **kw: Any) -> Any:
-    return keras.layers.Conv2D(cfg.width, cfg.kernel_size, padding="same", activation="relu", name=name, **kw)
+    return _keras().layers.Conv2D(cfg.width, cfg.kernel_size, padding="same", activation="relu", name=name, **kw)
 
 
 def _lstm(cfg: Any, name: str, **kw: Any) -> Any:
-    return keras.layers.LSTM(cfg.width, return_sequences=True, name=name, **kw)
+    return _keras().layers.LSTM(cfg.width, return_sequences=True, name=name, **kw)
 
 
 def _gru(cfg: Any, name: str, **kw: Any) -> Any:
-    return keras.layers.GRU(cfg.width, return_sequences=True, name=name, **kw)
+    return _keras().layers.GRU(cfg.width, return_sequences=True, name=name, **kw)
 
 
 def _batchnorm(cfg: Any, name: str, **kw: Any) -> Any:
-    return keras.layers.BatchNormalization(name=name, **kw)
+    return _keras().layers.BatchNormalization(name=name, **kw)
 
 
 _IMAGE = ("height", "width", "channels")
 _SEQUENCE = ("timesteps", "features")
 KINDS: dict[str, LayerKind] = {
-    LayerKindName.DENSE: LayerKind(_dense, {"kernel_initializer": keras.initializers.GlorotUniform},
+    LayerKindName.DENSE: LayerKind(_dense, {"kernel_initializer": lambda: _keras().initializers.GlorotUniform()},
                                    "kernel_regularizer", "kernel_constraint", 0),
-    LayerKindName.CONV2D: LayerKind(_conv2d, {"kernel_initializer": keras.initializers.GlorotUniform},
+    LayerKindName.CONV2D: LayerKind(_conv2d, {"kernel_initializer": lambda: _keras().initializers.GlorotUniform()},
                                     "kernel_regularizer", "kernel_constraint", [0, 1, 2], sample=_IMAGE,
-                                    pooling=keras.layers.GlobalAveragePooling2D,
-                                    stem=lambda width, name: keras.layers.Conv2D(width, 1, name=name)),
-    LayerKindName.LSTM: LayerKind(_lstm, {"kernel_initializer": keras.initializers.GlorotUniform,
-                                          "recurrent_initializer": keras.initializers.Orthogonal},
+                                    pooling=lambda name: _keras().layers.GlobalAveragePooling2D(name=name),
+                                    stem=lambda width, name: _keras().layers.Conv2D(width, 1, name=name)),
+    LayerKindName.LSTM: LayerKind(_lstm, {"kernel_initializer": lambda: _keras().initializers.GlorotUniform(),
+                                          "recurrent_initializer": lambda: _keras().initializers.Orthogonal()},
                                   "kernel_regularizer", "kernel_constraint", 0, sample=_SEQUENCE,
-                                  pooling=keras.layers.GlobalAveragePooling1D),
-    LayerKindName.GRU: LayerKind(_gru, {"kernel_initializer": keras.initializers.GlorotUniform,
-                                        "recurrent_initializer": keras.initializers.Orthogonal},
+                                  pooling=lambda name: _keras().layers.GlobalAveragePooling1D(name=name)),
+    LayerKindName.GRU: LayerKind(_gru, {"kernel_initializer": lambda: _keras().initializers.GlorotUniform(),
+                                        "recurrent_initializer": lambda: _keras().initializers.Orthogonal()},
                                  "kernel_regularizer", "kernel_constraint", 0, sample=_SEQUENCE,
-                                 pooling=keras.layers.GlobalAveragePooling1D),
+                                 pooling=lambda name: _keras().layers.GlobalAveragePooling1D(name=name)),
     # BatchNormalization's gamma starts at ones; a shared random initializer makes the variant visible.
     LayerKindName.BATCHNORM: LayerKind(_batchnorm,
-                                       {"gamma_initializer": lambda: keras.initializers.RandomNormal(1.0, 0.1)},
+                                       {"gamma_initializer": lambda: _keras().initializers.RandomNormal(1.0, 0.1)},
                                        "gamma_regularizer", "gamma_constraint", 0, spacer=True),
 }
 
 
 def constant_overrides(kind: LayerKind) -> dict[str, Any]:
     """Constant initializers for every symmetry-breaking argument (a new instance each call)."""
-    return {arg: keras.initializers.Constant(CONSTANT_VALUE if arg != "gamma_initializer" else 1.0)
+    return {arg: _keras().initializers.Constant(CONSTANT_VALUE if arg != "gamma_initializer" else 1.0)
             for arg in kind.initializer_args}

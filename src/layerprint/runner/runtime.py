@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-from typing import Any
+import re
+import sys
+import tempfile
+from typing import Any, Iterator
 
 from layerprint.errors import DeviceError
+
+NO_GPU = "device=gpu but TensorFlow sees no GPU"
+# What TensorFlow's C++ side prints while it starts, before its logging honours TF_CPP_MIN_LOG_LEVEL:
+# info and warning lines, absl's notice about them, and the CUDA probing errors of a machine without a GPU.
+_START_UP_CHATTER = re.compile(
+    r"^(?:[IW]\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|E\d{4} .*(?:cuInit|cuda_platform|cuda_dnn|cuda_fft|cuda_blas|Unable to register cu))")
 
 
 def select_device(device: str) -> str:
@@ -25,10 +36,7 @@ def select_device(device: str) -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
-        raise DeviceError(
-            "device=gpu but TensorFlow sees no GPU (install layerprint[gpu] on a CUDA machine); "
-            "use device=cpu or device=auto"
-        )
+        raise DeviceError(f"{NO_GPU} (install layerprint[gpu] on a CUDA machine); use device=cpu or device=auto")
     if device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
     if device in ("gpu", "auto") and gpus:
@@ -36,6 +44,67 @@ def select_device(device: str) -> str:
             tf.config.experimental.set_memory_growth(gpu, True)
         return "gpu"
     return "cpu"
+
+
+def check_device_early(device: str) -> None:
+    """Refuse ``device=gpu`` without importing TensorFlow when no GPU can be visible: CUDA_VISIBLE_DEVICES
+    hides them all, or (on Linux) there is no NVIDIA driver library. Otherwise ``select_device`` decides.
+
+    Raises:
+        DeviceError: ``device`` is ``gpu`` and no GPU can be visible.
+    """
+    if device != "gpu":
+        return
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        reason = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+    elif sys.platform.startswith("linux") and not _nvidia_driver_present():
+        reason = "no NVIDIA driver (libcuda.so.1) on this machine"
+    else:
+        return
+    raise DeviceError(f"{NO_GPU}: {reason}; use device=cpu or device=auto")
+
+
+def _nvidia_driver_present() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def quiet_native_start_up() -> Iterator[None]:
+    """Keep TensorFlow's C++ start-up lines (printed on import and on the first device query, before
+    ``TF_CPP_MIN_LOG_LEVEL`` is honoured) off the terminal.
+
+    Everything written to the process's stderr inside the block is held back. When the block ends
+    normally, what is not start-up chatter is written out; when it raises (a one-line error follows),
+    all of it is dropped. With ``TF_CPP_MIN_LOG_LEVEL=0`` (the user wants TensorFlow's info lines),
+    nothing is held back.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            raise
+        else:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _START_UP_CHATTER.match(line)))
+        finally:
+            os.close(saved)
 
 
 def share_cpu_threads(parallel_jobs: int) -> int | None:

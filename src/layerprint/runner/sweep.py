@@ -136,14 +136,16 @@ class SweepParentRun(Callback):
 def _warm_up_worker(parallel_jobs: int) -> int:
     """Run in a fresh worker: import what every job needs (TensorFlow, Keras, MLflow, the runner)
     and give TensorFlow its share of the cores before it starts."""
-    import keras  # noqa: F401
-    import mlflow  # noqa: F401
+    from layerprint.runner.runtime import quiet_native_start_up, share_cpu_threads
 
-    import layerprint.callback  # noqa: F401
-    import layerprint.runner.models  # noqa: F401
-    from layerprint.runner.runtime import share_cpu_threads
+    with quiet_native_start_up():
+        import keras  # noqa: F401
+        import mlflow  # noqa: F401
 
-    share_cpu_threads(parallel_jobs)
+        import layerprint.callback  # noqa: F401
+        import layerprint.runner.models  # noqa: F401
+
+        share_cpu_threads(parallel_jobs)
     return os.getpid()
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from layerprint import keys
 from layerprint.errors import LayerprintError, first_line
 from layerprint.runner.overrides import CONFIG_MODULE, CONFIG_NAME, check_overrides
-from layerprint.runner.runtime import quiet_tensorflow
+from layerprint.runner.runtime import check_device_early, quiet_native_start_up, quiet_tensorflow
 from layerprint.runner.schema import register_configs, validate
 from layerprint.runner.sweep import failed_jobs, in_multirun, sweep_parent_run_id
 from layerprint.tracking.redact import redact
@@ -68,11 +68,13 @@ def train(cfg: Any) -> dict[str, Any]:
     from layerprint.runner import data as data_module
     from layerprint.runner.runtime import describe_device, select_device, set_determinism, share_cpu_threads, versions
 
-    share_cpu_threads(_parallel_jobs())
-    device = select_device(cfg.device)
-    set_determinism(cfg.seed, cfg.deterministic)
+    # What needs no TensorFlow is checked first: a mistake there costs no TensorFlow start-up.
     x, y = data_module.load(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
+    with quiet_native_start_up():
+        share_cpu_threads(_parallel_jobs())
+        device = select_device(cfg.device)
+        set_determinism(cfg.seed, cfg.deterministic)
     client = open_store(uri)
 
     import keras
@@ -246,13 +248,13 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         cfg = check_overrides(sys.argv[1:])
-        if {"-m", "--multirun"} & set(sys.argv[1:]):
-            # Hydra turns a failing sweep callback into a warning and runs the jobs anyway: check the
-            # store here (cheaply: MLflow itself is imported later, while parallel workers start), so
-            # that an unreachable or unwritable one stops the sweep in one line.
-            uri = resolve_tracking_uri(cfg.tracking.uri)
-            ensure_sqlite_parent(uri)
-            check_server_reachable(uri)
+        # The store and the device are checked here, before TensorFlow or MLflow is imported, so that a
+        # mistake costs a fraction of a second and prints one line; and in a sweep, because Hydra turns a
+        # failing sweep callback into a warning and runs the jobs anyway.
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        ensure_sqlite_parent(uri)
+        check_server_reachable(uri)
+        check_device_early(cfg.device)
     except LayerprintError as error:
         print(f"layerprint-train: error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)
