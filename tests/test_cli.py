@@ -1,6 +1,8 @@
 """The console scripts as a user runs them: one run, a repeat with deterministic=true, bad input."""
 
 import json
+import re
+from urllib.parse import parse_qs
 
 import pytest
 from helpers.processes import run_cli
@@ -40,19 +42,53 @@ def test_single_run_then_deterministic_repeat_has_the_same_init_fingerprint(tmp_
 
 
 @pytest.mark.slow
-def test_sweep_children_share_one_parent(tmp_path):
-    done = run_cli(["layerprint-train", "-m", "variant=duplicated,shared", "layer=dense", "device=cpu",
-                    "trainer.epochs=1", "data.n_samples=32"], tmp_path)
+def test_sweep_children_share_one_parent_described_and_shown_by_the_printed_address(tmp_path):
+    # a reproducibility check as a user would run it: the same deterministic run twice
+    user_overrides = ["variant=duplicated", "deterministic=true", "layer=dense", "device=cpu", "trainer.epochs=1",
+                      "data.n_samples=32"]
+    done = run_cli(["layerprint-train", "-m", *user_overrides, "tracking.run_name=first,second",
+                    "hydra.job.chdir=false"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Open the UI:" in done.stdout and "diverges at" in done.stdout
     client = _store(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert parents[0].info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "compare")} >= {"compare/compare.json"}
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["first", "second"]
+    (parent,) = parents
+    assert {c.data.tags["mlflow.parentRunId"] for c in children.values()} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "compare")} >= {"compare/compare.json",
+                                                                                       "compare/report.html"}
+    # the parent is named after the user's own overrides: not where runs are logged, not how they are launched
+    assert parent.info.run_name == "sweep " + " ".join(user_overrides)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[keys.TAG_EXPERIMENT_KIND] == keys.EXPERIMENT_KIND  # the UI opens the runs table
+    # the printed address is MLflow's compare-runs page of the sweep's runs
+    ids = sorted(c.info.run_id for c in children.values())
+    address = next(line.split("then ", 1)[1] for line in done.stdout.splitlines() if "then http" in line)
+    assert address.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    query = parse_qs(address.split("?", 1)[1])
+    assert sorted(json.loads(query["runs"][0])) == ids and json.loads(query["experiments"][0]) == [experiment.experiment_id]
+    # descriptions: the parent's is the comparison, each run's says what it is and what it starts equal to
+    note = parent.data.tags[keys.TAG_NOTE]
+    assert "Comparison of this sweep's 2 runs" in note and "G1: " in note
+    assert re.search(r"\| (first|second) \| (first|second) \| never \| never \|", note), note
+    assert f"get-artifact?path=compare%2Floss_curves.png&run_uuid={parent.info.run_id}" in note
+    first = children["first"].data.tags[keys.TAG_NOTE]
+    assert "| starts bitwise-identical to | second |" in first and "| first non-finite loss | none |" in first
+    assert f"`{children['first'].data.tags[keys.TAG_INIT_FINGERPRINT][:16]}`" in first
+    assert "| variant | `duplicated` |" in first and "| seed | 0 |" in first
+
+
+def test_a_single_run_is_described(tmp_path):
+    done = run_cli(["layerprint-train", "variant=shared", "layer=dense", "device=cpu", "trainer.epochs=1",
+                    "data.n_samples=32"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = _store(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
+    note = run.data.tags[keys.TAG_NOTE]
+    assert "| shared layers | `rep` (2 call sites) |" in note and "(not compared yet)" in note
 
 
 QUIET_START_UP = """

@@ -1,6 +1,8 @@
 """``layerprint compare``: a known divergence step, BatchNorm gaps, the JSON shape, the plots."""
 
+import base64
 import json
+import re
 
 import keras
 import mlflow
@@ -117,22 +119,31 @@ def test_cli_json_shape_plots_and_parent_logging(sqlite_uri, client, tmp_path):
     report = json.loads(done.stdout)
     _check_shape(report)
     assert report["pairs"][0]["first_divergence_step"] == PERTURB_AT_STEP
-    pngs = ["loss_curves.png", "batchnorm.png", "weight_distance.png", "init_matrix.png"]
-    for name in pngs + ["compare.json", "compare.md", "compare.txt"]:
+    pngs = ["loss_curves.png", "loss_gaps.png", "batchnorm.png", "batchnorm_gaps.png", "weight_distance.png",
+            "init_matrix.png"]
+    for name in pngs + ["compare.json", "compare.md", "compare.txt", "report.html"]:
         assert (out / name).stat().st_size > 500, name
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one self-contained page: every plot embedded, nothing fetched from beside it
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(pngs) and page.count("src=") == len(pngs)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted((out / name).read_bytes() for name in pngs)
+    assert all(r["run_name"] in page for r in report["runs"])
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
-    assert {f"compare/{name}" for name in pngs} <= logged
+    assert {f"compare/{name}" for name in pngs + ["report.html"]} <= logged
     table = run_cli(["layerprint", "compare", "--tracking-uri", sqlite_uri, "--run-ids", *ids], tmp_path)
     assert table.returncode == 0 and max(len(line) for line in table.stdout.splitlines()) <= 100
     assert "BatchNorm moving-stat gap" in table.stdout
 
 
-def test_write_report_without_records_writes_only_text(tmp_path, sqlite_uri, client):
+def test_write_report_without_records_writes_text_and_a_page_without_plots(tmp_path, sqlite_uri, client):
     ids = _fit_pair(sqlite_uri, perturb=False)
     written = write_report(compare_records(collect(client, run_ids=ids)), tmp_path / "r")
-    assert sorted(p.name for p in written) == ["compare.json", "compare.md", "compare.txt"]
+    assert sorted(p.name for p in written) == ["compare.json", "compare.md", "compare.txt", "report.html"]
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "run0" in page and "<img" not in page
 
 
 class Nudge(keras.callbacks.Callback):

@@ -106,14 +106,14 @@ def test_unreachable_server_spools_with_one_warning_and_sync_sends_once(tmp_path
     spooled = _spool_files(tmp_path)
     assert {p.name for p in spooled} >= {"fingerprints_initial.json", "fingerprints_final.json", "sharing.json",
                                          "batchnorm.npz", "weights_final.npz", "steps.parquet"}
-    first = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
+    first = run_cli(["layerprint", "sync", "--all", "--tracking-uri", sqlite_uri], tmp_path)
     # the 6 artifacts, steps.parquet once per epoch end (2)
     assert first.returncode == 0 and "1 run(s)" in first.stdout and "7 artifact(s)" in first.stdout, first.stdout
     (run,) = client.search_runs([client.get_experiment_by_name("offline").experiment_id])
     assert run.info.status == "FINISHED"
     assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 21))
     assert {a.path for a in client.list_artifacts(run.info.run_id, "layerprint")} == ARTIFACTS
-    second = run_cli(["layerprint", "sync", "--tracking-uri", sqlite_uri], tmp_path)
+    second = run_cli(["layerprint", "sync", "--all", "--tracking-uri", sqlite_uri], tmp_path)
     assert second.returncode == 0 and "0 run(s), 0 metric point(s), 0 artifact(s)" in second.stdout
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert _steps(client, run.info.run_id, "train/loss") == list(range(1, 21))

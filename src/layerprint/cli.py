@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--run-ids", nargs="+", metavar="ID", help="compare exactly these runs")
     compare.add_argument("--parent", metavar="RUN_ID", help="compare the jobs of this sweep parent run")
     compare.add_argument("--format", choices=("table", "json", "markdown"), default="table")
-    compare.add_argument("--out", metavar="DIR", help="also write the report (json, md, txt) and PNG plots into DIR, "
+    compare.add_argument("--out", metavar="DIR", help="also write the report (json, md, txt, a self-contained report.html) and PNG plots into DIR, "
                          "and log them to the runs' sweep parent run if they share one")
     compare.add_argument("--atol", type=float, default=None, help="absolute loss tolerance (default 1e-6)")
     compare.add_argument("--rtol", type=float, default=None, help="relative loss tolerance (default 1e-5)")
@@ -38,8 +38,14 @@ def _parser() -> argparse.ArgumentParser:
                         "temporary SQLite store whose path is printed)")
     claims.add_argument("--only", nargs="+", metavar="ID", help="run only these claims, e.g. C08 C10")
 
-    sync = commands.add_parser("sync", help="send points the callback kept locally to the store")
-    sync.add_argument("--tracking-uri", help="store to send to (default: the store each run was meant for)")
+    sync = commands.add_parser("sync", help="send what the callback kept locally (the spool) to its store")
+    sync.add_argument("--tracking-uri", help="the store whose spool to send (default: MLFLOW_TRACKING_URI, else "
+                      "./mlruns); with --all, the store to send every spooled run to")
+    what = sync.add_mutually_exclusive_group()
+    what.add_argument("--all", action="store_true", help="send the spool of every store, each run to the store it "
+                      "was meant for")
+    what.add_argument("--list", action="store_true", help="list the spooled runs and their stores; send nothing")
+    what.add_argument("--drop", metavar="RUN_ID", nargs="+", help="delete these spooled runs (give up on them)")
     return parser
 
 
@@ -103,11 +109,32 @@ def _claims(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from layerprint.tracking.spool import sync
+    import time
 
-    result = sync(args.tracking_uri)
+    from layerprint.tracking import spool
+
+    if args.list:
+        found = spool.entries()
+        for entry in found:
+            age_h = (time.time() - entry.modified) / 3600
+            print(f"{entry.run_id}  {entry.tracking_uri}  {entry.points} point(s), {entry.artifacts} file(s), "
+                  f"last written {age_h:.1f} h ago")
+        print(f"layerprint sync: {len(found)} spooled run(s) in {spool.spool_root()}")
+        return 0
+    if args.drop:
+        for run_id in args.drop:
+            entry = spool.drop(run_id)
+            print(f"layerprint sync: dropped {run_id} ({entry.points} point(s), {entry.artifacts} file(s) "
+                  f"meant for {entry.tracking_uri})")
+        return 0
+    result = spool.sync(args.tracking_uri, send_all=args.all)
     print(f"layerprint sync: {result.runs} run(s), {result.metrics} metric point(s), "
           f"{result.artifacts} artifact(s) sent; {result.remaining} spool file(s) left")
+    if result.other_stores:
+        stores = ", ".join(f"{uri} ({n})" for uri, n in sorted(result.other_stores.items()))
+        print(f"layerprint sync: {sum(result.other_stores.values())} spooled run(s) of other stores left alone: "
+              f"{stores}; send them with --tracking-uri URI or --all, see them with --list, "
+              "give up on one with --drop RUN_ID")
     return 0 if result.remaining == 0 else 1
 
 

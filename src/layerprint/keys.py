@@ -16,6 +16,9 @@ Metric keys:
 """
 
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"  # the run's markdown description, shown on its page in the MLflow UI
+# MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview page
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_INIT_FINGERPRINT = "layerprint.init_fingerprint"
 TAG_FINAL_FINGERPRINT = "layerprint.final_fingerprint"
 TAG_INIT_TOLERANT = "layerprint.init_tolerant_fingerprint"

@@ -13,35 +13,65 @@ share no checksummed variable and step.
 ``final_weight_distance`` is the L2 norm of the difference of the final weights over the variables
 both runs have (same path and shape), from their ``weights_final.npz``; null when they share none.
 ``batchnorm_gap`` is the largest ``|a - b|`` between the two runs' moving mean and moving variance at
-their last logged epoch, over the BatchNorm layers both runs have (same path), from their
-``batchnorm.npz``; null when they share none.
+their last logged epoch, over the BatchNorm layers matched between them (the same path, or a layer
+``rep`` against each ``rep_<i>`` of the other run: a shared layer against the duplicated ones), from
+their ``batchnorm.npz``; null when none match.
 """
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from layerprint import keys
 from layerprint.analysis.runs import RunRecord
 
 DEFAULT_ATOL = 1e-6
 DEFAULT_RTOL = 1e-5
 
 
+def matched_batchnorm_layers(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """BatchNorm layers of two runs to set against each other: the same path in both; else a layer
+    ``p`` of one run against each ``p_<i>`` of the other, so that one shared layer (``rep``, called N
+    times) is compared with every one of the N duplicated ones (``rep_0``, ``rep_1``, ...).
+
+    Args:
+        a, b: ``"<layer>/moving_mean"``-keyed histories, as ``RunRecord.batchnorm``.
+
+    Returns:
+        ``[(layer of a, layer of b), ...]``, sorted.
+    """
+    layers_a = {name.rsplit("/", 1)[0] for name in a}
+    layers_b = {name.rsplit("/", 1)[0] for name in b}
+    same = layers_a & layers_b
+    pairs = [(layer, layer) for layer in same]
+
+    def numbered(layer: str, others: set[str]) -> list[str]:
+        return [o for o in others - same if re.fullmatch(re.escape(layer) + r"_\d+", o)]
+
+    pairs += [(layer, other) for layer in layers_a - same for other in numbered(layer, layers_b)]
+    pairs += [(other, layer) for layer in layers_b - same for other in numbered(layer, layers_a)]
+    return sorted(pairs)
+
+
 def batchnorm_gap(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> tuple[float | None, dict[str, float]]:
-    """Largest absolute difference of the last logged moving statistics, overall and per layer."""
+    """Largest absolute difference of the last logged moving statistics, overall and per matched layer
+    pair (``matched_batchnorm_layers``; keyed by the path, or ``"<layer a> vs <layer b>"`` when the
+    names differ)."""
     if not a or not b:
         return None, {}
     per_layer: dict[str, float] = {}
-    for name in sorted(set(a) & set(b)):
-        last_a, last_b = a[name][-1], b[name][-1]
-        if last_a.shape != last_b.shape:
-            continue
-        layer = name.rsplit("/", 1)[0]
-        gap = float(np.max(np.abs(last_a.astype(np.float64) - last_b.astype(np.float64)), initial=0.0))
-        per_layer[layer] = max(per_layer.get(layer, 0.0), gap)
+    for layer_a, layer_b in matched_batchnorm_layers(a, b):
+        key = layer_a if layer_a == layer_b else f"{layer_a} vs {layer_b}"
+        for stat in keys.BN_STATS:
+            history_a, history_b = a.get(f"{layer_a}/{stat}"), b.get(f"{layer_b}/{stat}")
+            if history_a is None or history_b is None or history_a[-1].shape != history_b[-1].shape:
+                continue
+            gap = float(np.max(np.abs(history_a[-1].astype(np.float64) - history_b[-1].astype(np.float64)), initial=0.0))
+            per_layer[key] = max(per_layer.get(key, 0.0), gap)
     if not per_layer:
         return None, {}
     return max(per_layer.values()), per_layer

@@ -1,7 +1,10 @@
-"""PNG plots of a comparison: loss curves, BatchNorm trajectories, weight distances, init equality.
+"""PNG plots of a comparison: loss curves, loss gaps of pairs, BatchNorm trajectories and gaps, weight
+distances, init equality.
 
 Every plot keeps its legend outside the axes (right of them), so no line is hidden behind it.
-Colours follow the variant (one colour per variant across all plots of a report).
+Colours follow the variant (one colour per variant across all plots of a report). Runs that start
+identical draw identical curves: within an init group each run gets its own line style and marker, so
+a curve drawn over another one still shows.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from layerprint import keys  # noqa: E402
+
 MAX_HEATMAP_PAIRS = 60
+MAX_GAP_LINES = 16  # lines per panel of the gap plots (the pairs that part first)
+LINE_STYLES = [("-", None), ("--", "o"), (":", "s"), ("-.", "^"), ((0, (5, 1)), "x"), ((0, (1, 3)), "D")]
 
 
 def variant_colours(records: list[Any]) -> dict[str, Any]:
@@ -43,16 +50,38 @@ def _save(fig: Any, path: Path, colours: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | None = None) -> Path:
-    """Per-step loss of every run, one panel per layer kind, coloured by variant; a dotted line marks
-    each step where a pair of runs' weights first part (``first_weight_divergence``)."""
-    colours = variant_colours(records)
+def _styles_within_init_groups(records: list[Any]) -> dict[str, tuple[Any, Any]]:
+    """``{run_id: (line style, marker)}``: the n-th run of one layer kind and init group gets the n-th
+    style, so runs that start identical (and draw one curve) stay visible."""
+    seen: dict[tuple[str, str], int] = {}
+    styles = {}
+    for record in records:
+        group = (record.layer or "?", record.init_fingerprint or record.run_id)
+        index = seen.get(group, 0)
+        seen[group] = index + 1
+        styles[record.run_id] = LINE_STYLES[index % len(LINE_STYLES)]
+    return styles
+
+
+def _layers_of_pairs(records: list[Any], report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The report's pairs of runs of one layer kind, by layer kind."""
     layer_of = {r.run_id: r.layer or "?" for r in records}
+    by_layer: dict[str, list[dict[str, Any]]] = {}
+    for pair in report.get("pairs", []):
+        if pair["a"] in layer_of and layer_of[pair["a"]] == layer_of.get(pair["b"]):
+            by_layer.setdefault(layer_of[pair["a"]], []).append(pair)
+    return by_layer
+
+
+def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | None = None) -> Path:
+    """Per-step loss of every run, one panel per layer kind, coloured by variant, with a line style per
+    run within an init group; a dotted line marks each step where a pair of runs' weights first part
+    (``first_weight_divergence``)."""
+    colours = variant_colours(records)
+    styles = _styles_within_init_groups(records)
     parts: dict[str, set[int]] = {}
-    for pair in (report or {}).get("pairs", []):
-        divergence = pair.get("first_weight_divergence")
-        if divergence and layer_of.get(pair["a"]) == layer_of.get(pair["b"]):
-            parts.setdefault(layer_of[pair["a"]], set()).add(divergence["step"])
+    for layer, pairs in _layers_of_pairs(records, report or {}).items():
+        parts[layer] = {p["first_weight_divergence"]["step"] for p in pairs if p.get("first_weight_divergence")}
     layers = list(dict.fromkeys(r.layer or "?" for r in records))
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 2.8 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
@@ -61,7 +90,9 @@ def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | No
                 continue
             steps = sorted(record.loss)
             values = [record.loss[s] for s in steps]
-            ax.plot(steps, values, color=colours[record.variant or "?"], lw=1.2, alpha=0.85)
+            style, marker = styles[record.run_id]
+            ax.plot(steps, values, color=colours[record.variant or "?"], lw=1.2, alpha=0.85, ls=style,
+                    marker=marker, ms=3, markevery=max(1, len(steps) // 12))
         for step in sorted(parts.get(layer, ())):
             ax.axvline(step, color="black", ls=":", lw=0.8)
         marked = f"; weights part at step {', '.join(map(str, sorted(parts[layer])))}" if parts.get(layer) else ""
@@ -71,7 +102,43 @@ def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | No
         if all(v > 0 for r in records if (r.layer or "?") == layer for v in r.loss.values() if np.isfinite(v)):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
+    fig.text(0.0, -0.01, "Runs that start identical draw one curve: each has its own line style and marker.",
+             fontsize=8)
     return _save(fig, path, colours)
+
+
+def plot_loss_gaps(records: list[Any], report: dict[str, Any], path: Path) -> Path | None:
+    """``|loss_a - loss_b|`` per step for each pair of runs of one layer kind (one panel per kind; the
+    pairs that part first when there are many), the first divergence of each marked with a dot.
+    A symmetric-log axis shows equal losses (a gap of 0) on the axis."""
+    by_layer = _layers_of_pairs(records, report)
+    if not by_layer:
+        return None
+    loss = {r.run_id: r.loss for r in records}
+    names = {r.run_id: r.run_name for r in records}
+    tolerance = report.get("tolerance", {}).get("atol", 1e-6)
+    fig, axes = plt.subplots(len(by_layer), 1, figsize=(9, 3.0 * len(by_layer)), squeeze=False)
+    for ax, (layer, pairs) in zip(axes[:, 0], by_layer.items()):
+        shown = sorted(pairs, key=lambda p: (p["first_divergence_step"] is None, p["first_divergence_step"] or 0))
+        for pair in shown[:MAX_GAP_LINES]:
+            a, b = loss[pair["a"]], loss[pair["b"]]
+            steps = sorted(set(a) & set(b))
+            if not steps:
+                continue
+            gap = np.abs(np.array([a[s] for s in steps], dtype=np.float64) - np.array([b[s] for s in steps]))
+            (line,) = ax.plot(steps, gap, lw=1.1, label=f"{names[pair['a']]} vs {names[pair['b']]}")
+            first = pair["first_divergence_step"]
+            if first is not None and first in a and first in b:
+                ax.plot([first], [abs(a[first] - b[first])], "o", color=line.get_color(), ms=5)
+        ax.set_yscale("symlog", linthresh=max(tolerance, 1e-12))
+        hidden = len(pairs) - min(len(pairs), MAX_GAP_LINES)
+        ax.set_title(f"layer={layer}: |loss a - loss b| per pair; dot: first divergence"
+                     + (f" ({hidden} later pairs not drawn)" if hidden else ""), fontsize=9)
+        ax.set_xlabel("global step")
+        ax.set_ylabel("loss gap")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    return _save(fig, path)
 
 
 def plot_batchnorm(records: list[Any], path: Path) -> Path | None:
@@ -81,7 +148,7 @@ def plot_batchnorm(records: list[Any], path: Path) -> Path | None:
         return None
     colours = variant_colours(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, stat in zip(axes, ("moving_mean", "moving_variance")):
+    for ax, stat in zip(axes, keys.BN_STATS):
         for record in with_bn:
             epochs = record.batchnorm_epochs
             for name, history in record.batchnorm.items():
@@ -95,6 +162,50 @@ def plot_batchnorm(records: list[Any], path: Path) -> Path | None:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return _save(fig, path, colours)
+
+
+def plot_batchnorm_gaps(records: list[Any], path: Path) -> Path | None:
+    """Per epoch, the largest ``|a - b|`` of the moving mean and variance between BatchNorm layers of
+    two runs matched by ``matched_batchnorm_layers``: the same layer, or a shared ``rep`` against each
+    duplicated ``rep_i`` (pairs of one layer kind; the largest final gaps when there are many)."""
+    from layerprint.analysis.compare import matched_batchnorm_layers
+
+    with_bn = [r for r in records if r.batchnorm and r.batchnorm_epochs is not None]
+    lines = []
+    for i, a in enumerate(with_bn):
+        for b in with_bn[i + 1:]:
+            if (a.layer or "?") != (b.layer or "?"):
+                continue
+            for layer_a, layer_b in matched_batchnorm_layers(a.batchnorm, b.batchnorm):
+                epochs = sorted(set(a.batchnorm_epochs.tolist()) & set(b.batchnorm_epochs.tolist()))
+                if not epochs:
+                    continue
+                rows_a = [a.batchnorm_epochs.tolist().index(e) for e in epochs]
+                rows_b = [b.batchnorm_epochs.tolist().index(e) for e in epochs]
+                gaps = {}
+                for stat in keys.BN_STATS:
+                    ha, hb = a.batchnorm.get(f"{layer_a}/{stat}"), b.batchnorm.get(f"{layer_b}/{stat}")
+                    if ha is None or hb is None or ha.shape[1:] != hb.shape[1:]:
+                        continue
+                    delta = np.abs(ha[rows_a].astype(np.float64) - hb[rows_b].astype(np.float64))
+                    gaps[stat] = delta.reshape(len(epochs), -1).max(axis=1)
+                label = f"{a.run_name}:{layer_a} vs {b.run_name}:{layer_b}"
+                lines.append((label, epochs, gaps))
+    if not lines:
+        return None
+    lines.sort(key=lambda item: -max((g[-1] for g in item[2].values()), default=0.0))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, stat in zip(axes, keys.BN_STATS):
+        for label, epochs, gaps in lines[:MAX_GAP_LINES]:
+            if stat in gaps:
+                ax.plot(epochs, gaps[stat], marker="o", ms=3, lw=1.1, label=label)
+        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_title(f"{stat}: largest |a - b| over channels", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    return _save(fig, path)
 
 
 def plot_distance_heatmap(report: dict[str, Any], path: Path) -> Path | None:
@@ -140,8 +251,9 @@ def plot_init_matrix(report: dict[str, Any], path: Path) -> Path:
 
 
 def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path) -> list[Path]:
-    """Write ``loss_curves.png``, ``batchnorm.png``, ``weight_distance.png`` and ``init_matrix.png``
-    (the middle two only when there is something to show).
+    """Write ``loss_curves.png``, ``loss_gaps.png``, ``batchnorm.png``, ``batchnorm_gaps.png``,
+    ``weight_distance.png`` and ``init_matrix.png`` (each but the first and the last only when there
+    is something to show).
 
     Returns:
         The files written.
@@ -149,7 +261,9 @@ def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path) -> li
     out = Path(out_dir)
     written = [
         plot_loss_curves(records, out / "loss_curves.png", report),
+        plot_loss_gaps(records, report, out / "loss_gaps.png"),
         plot_batchnorm(records, out / "batchnorm.png"),
+        plot_batchnorm_gaps(records, out / "batchnorm_gaps.png"),
         plot_distance_heatmap(report, out / "weight_distance.png"),
         plot_init_matrix(report, out / "init_matrix.png"),
     ]

@@ -1,7 +1,10 @@
-"""The comparison as text and files: a terminal table, Markdown, JSON, and the report folder with plots."""
+"""The comparison as text and files: a terminal table, Markdown, JSON, a self-contained HTML page, and
+the report folder with plots."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -82,7 +85,7 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     bn_rows = _bn_rows(report)
     if bn_rows:
-        lines += ["", "BatchNorm moving-stat gap at the last epoch (layers of the same path in both runs):",
+        lines += ["", "BatchNorm moving-stat gap at the last epoch (same layer, or a shared `rep` vs each `rep_i`):",
                   table(BN_HEADER, bn_rows)]
     return "\n".join(lines)
 
@@ -103,6 +106,38 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def format_html(report: dict[str, Any], images: list[Path] | None = None, title: str = "layerprint compare") -> str:
+    """One self-contained HTML page: the tables of ``format_markdown`` and the plots, embedded as
+    base64 PNGs (no file beside it is needed; MLflow's artifact viewer shows it as it is)."""
+    run_rows, pair_rows = _rows(report)
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    tol = report["tolerance"]
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<h2>Runs ({len(report['runs'])})</h2><p>Runs in one init group start with bitwise-identical weights.</p>",
+             table(RUN_HEADER, run_rows),
+             f"<h2>Pairs of runs of the same layer kind</h2><p>Loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g}; "
+             "'diverges at': the first step the losses differ; 'weights part at': the first step a variable's "
+             "checksum differs, and which.</p>",
+             table(PAIR_HEADER, pair_rows)]
+    bn_rows = _bn_rows(report)
+    if bn_rows:
+        parts += ["<h2>BatchNorm moving-stat gap (last epoch)</h2>", table(BN_HEADER, bn_rows)]
+    for image in images or []:
+        data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+        parts.append(f'<h2>{html.escape(Path(image).stem.replace("_", " "))}</h2>'
+                     f'<img alt="{html.escape(Path(image).name)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
+             "font-size:13px;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
 def render(report: dict[str, Any], fmt: str) -> str:
     """The report as ``table``, ``json`` or ``markdown``."""
     if fmt == "json":
@@ -112,8 +147,12 @@ def render(report: dict[str, Any], fmt: str) -> str:
     return format_table(report)
 
 
+REPORT_HTML = "report.html"
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunRecord] | None = None) -> list[Path]:
-    """Write ``compare.json``, ``compare.md``, ``compare.txt`` and, given the records, the plots.
+    """Write ``compare.json``, ``compare.md``, ``compare.txt``, given the records the plots, and
+    ``report.html`` (the tables and the plots in one self-contained file).
 
     Args:
         report: from ``compare_records``.
@@ -129,8 +168,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunR
     for name, fmt in (("compare.json", "json"), ("compare.md", "markdown"), ("compare.txt", "table")):
         (out / name).write_text(render(report, fmt) + "\n")
         written.append(out / name)
+    plots: list[Path] = []
     if records is not None:
         from layerprint.analysis.plots import write_plots
 
-        written += write_plots(report, records, out)
-    return written
+        plots = write_plots(report, records, out)
+    (out / REPORT_HTML).write_text(format_html(report, plots), encoding="utf-8")
+    return written + plots + [out / REPORT_HTML]

@@ -89,7 +89,7 @@ def load_record(client: Any, run: Any, with_fingerprints: bool = False) -> RunRe
     Args:
         client: an ``MlflowClient``.
         run: an MLflow ``Run``.
-        with_fingerprints: also read the per-variable fingerprints, ``sharing.json`` and ``probe.json``.
+        with_fingerprints: also read the per-variable fingerprints and ``probe.json``.
 
     Returns:
         The record.
@@ -126,11 +126,11 @@ def _local_folder(artifact_uri: str | None) -> Path | None:
 
 
 def _read_arrays(client: Any, record: RunRecord, artifact_uri: str | None = None) -> None:
-    """Fill ``weights``, ``batchnorm`` and, from ``steps.parquet``, the every-step loss curve and
-    checksums (all optional); local artifact folders are read in place, others downloaded."""
+    """Fill ``weights``, ``batchnorm``, ``sharing`` and, from ``steps.parquet``, the every-step loss
+    curve and checksums (all optional); local artifact folders are read in place, others downloaded."""
     local = _local_folder(artifact_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in (keys.WEIGHTS_FINAL, keys.BATCHNORM, keys.STEPS):
+        for name in (keys.WEIGHTS_FINAL, keys.BATCHNORM, keys.STEPS, keys.SHARING):
             if local is not None:
                 path = local / keys.ARTIFACT_DIR / name
                 if not path.is_file():
@@ -140,6 +140,9 @@ def _read_arrays(client: Any, record: RunRecord, artifact_uri: str | None = None
                     path = client.download_artifacts(record.run_id, f"{keys.ARTIFACT_DIR}/{name}", tmp)
                 except Exception:  # noqa: BLE001 - large models skip the weights; models without BN have no npz
                     continue
+            if name == keys.SHARING:
+                record.sharing = json.loads(Path(path).read_text())
+                continue
             if name == keys.STEPS:
                 steps = read_steps(path)
                 record.loss = steps.series(LOSS_KEY) or record.loss  # every step, not only the published ones
@@ -155,12 +158,11 @@ def _read_arrays(client: Any, record: RunRecord, artifact_uri: str | None = None
 
 
 def _read_json_artifacts(client: Any, record: RunRecord) -> None:
-    """Fill the per-variable fingerprints, ``sharing`` and ``probe`` from the run's JSON artifacts."""
+    """Fill the per-variable fingerprints and ``probe`` from the run's JSON artifacts."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(client.download_artifacts(record.run_id, keys.ARTIFACT_DIR, tmp))
         record.initial = {v["path"]: v for v in json.loads((folder / keys.FINGERPRINTS_INITIAL).read_text())["variables"]}
         record.final = {v["path"]: v for v in json.loads((folder / keys.FINGERPRINTS_FINAL).read_text())["variables"]}
-        record.sharing = json.loads((folder / keys.SHARING).read_text())
         if (folder / keys.PROBE).exists():
             record.probe = json.loads((folder / keys.PROBE).read_text())
 

@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 from typing import Any
+from urllib.parse import quote
 
 from hydra.experimental.callback import Callback
 
@@ -74,7 +75,7 @@ class SweepParentRun(Callback):
         overrides = redact(" ".join(config.hydra.overrides.task))
         run = self.client.create_run(
             experiment_id,
-            run_name=f"sweep {overrides}"[:250],
+            run_name=sweep_run_name(config.hydra.overrides.task),
             tags={keys.TAG_SWEEP_DIR: str(config.hydra.sweep.dir), "layerprint.sweep_overrides": overrides},
         )
         self.parent_run_id = run.info.run_id
@@ -89,9 +90,11 @@ class SweepParentRun(Callback):
         if self.client is None or self.parent_run_id is None:
             return  # on_multirun_start failed (Hydra reported it); there is no parent run to close
         from layerprint.analysis.compare import compare_records
+        from layerprint.analysis.notes import run_note, sweep_note
         from layerprint.analysis.report import format_table, write_report
         from layerprint.analysis.runs import collect
 
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         try:
             records = collect(self.client, parent_run_id=self.parent_run_id)
             report = compare_records(records)
@@ -99,8 +102,14 @@ class SweepParentRun(Callback):
             print(f"layerprint: could not compare the sweep's runs: {error}", file=sys.stderr)
         else:
             out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
-            for path in write_report(report, out_dir, records):
+            written = write_report(report, out_dir, records)
+            for path in written:
                 self.client.log_artifact(self.parent_run_id, str(path), "compare")
+            plots = [path.name for path in written if path.suffix == ".png"]
+            self.client.set_tag(self.parent_run_id, keys.TAG_NOTE,
+                                sweep_note(report, self.parent_run_id, experiment_id, plots))
+            for record in records:  # now that the init groups are known
+                self.client.set_tag(record.run_id, keys.TAG_NOTE, run_note(record, report))
             print("\n" + format_table(report))
             print(f"\nReport and plots: {out_dir} (also in the parent run, under compare/)")
         failed_jobs[:] = self._failed_jobs()
@@ -110,27 +119,38 @@ class SweepParentRun(Callback):
             for line in failed_jobs:
                 print(f"  {line}", file=sys.stderr)
         self._close("FAILED" if failed_jobs else "FINISHED")
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        children = [run.info.run_id for run in self._children()]
         print(
             f"\nSweep parent run: {self.parent_run_id} ({strip_credentials(self.uri)})\n"
             f"Compare again:    layerprint compare --tracking-uri {strip_credentials(self.uri)} --parent {self.parent_run_id}\n"
             f"Open the UI:      {ui_command(self.uri)}\n"
-            f"                  then {ui_address(self.uri)}/#/experiments/{experiment_id}"
+            f"                  then {compare_runs_address(ui_address(self.uri), experiment_id, children)}"
         )
         stop_joblib_workers(config.hydra.launcher)
 
-    def _failed_jobs(self) -> list[str]:
-        children = self.client.search_runs(
+    def _children(self) -> list[Any]:
+        return self.client.search_runs(
             [self.client.get_run(self.parent_run_id).info.experiment_id],
-            filter_string=f"tags.{keys.TAG_PARENT_RUN_ID} = '{self.parent_run_id}'", max_results=5000)
+            filter_string=f"tags.{keys.TAG_PARENT_RUN_ID} = '{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"], max_results=5000)
+
+    def _failed_jobs(self) -> list[str]:
         return [f"{run.info.run_name}: {run.info.status}: {run.data.tags.get(keys.TAG_FAILURE, 'no reason recorded')}"
-                for run in children if run.info.status != "FINISHED"]
+                for run in self._children() if run.info.status != "FINISHED"]
 
     def _close(self, status: str) -> None:
         if self.parent_run_id and self.client is not None:
             run = self.client.get_run(self.parent_run_id)
             if run.info.status == "RUNNING":
                 self.client.set_terminated(self.parent_run_id, status=status)
+
+
+def sweep_run_name(task_overrides: list[str]) -> str:
+    """The parent run's name: ``sweep`` and the user's own overrides, without where the runs are logged
+    (``tracking.*``) or how they are launched (``hydra.*``, ``hydra/...``), e.g.
+    ``sweep experiment=demo device=cpu``."""
+    kept = [o for o in task_overrides if not o.lstrip("+~").startswith(("tracking", "hydra"))]
+    return redact(" ".join(["sweep", *kept]))[:250]
 
 
 def _warm_up_worker(parallel_jobs: int) -> int:
@@ -209,6 +229,17 @@ def ui_address(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return strip_credentials(uri).rstrip("/")
     return "http://127.0.0.1:5000"
+
+
+def compare_runs_address(ui: str, experiment_id: str, run_ids: list[str]) -> str:
+    """The address of MLflow's compare-runs page for ``run_ids``: their names, params and metric charts
+    side by side on one page (``#/compare-runs?runs=[...]&experiments=[...]``, as the UI itself links it).
+    With no runs: the experiment's runs page."""
+    if not run_ids:
+        return f"{ui}/#/experiments/{experiment_id}"
+    runs = quote(json.dumps(run_ids, separators=(",", ":")), safe="")
+    experiments = quote(json.dumps([experiment_id], separators=(",", ":")), safe="")
+    return f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}"
 
 
 def ui_command(uri: str) -> str:

@@ -139,6 +139,7 @@ def train(cfg: Any) -> dict[str, Any]:
         if callback is not None:
             callback.close(status=status)
         client.set_terminated(run_id, status=status)
+    _describe_run(client, run_id)
     return {
         "run_id": run_id,
         "status": status,
@@ -146,6 +147,18 @@ def train(cfg: Any) -> dict[str, Any]:
         "final_fingerprint": callback.final_fingerprint["model"] if callback.final_fingerprint else None,
         "final_loss": final_loss,
     }
+
+
+def _describe_run(client: Any, run_id: str) -> None:
+    """Give the run its markdown description (``mlflow.note.content``) from what it logged. In a
+    sweep, the parent rewrites it at the end, with the runs it starts identical to."""
+    from layerprint.analysis.notes import run_note
+    from layerprint.analysis.runs import load_record
+
+    try:
+        client.set_tag(run_id, keys.TAG_NOTE, run_note(load_record(client, client.get_run(run_id))))
+    except Exception as error:  # noqa: BLE001 - the run is complete; its description is a convenience
+        print(f"layerprint-train: warning: run {run_id} has no description ({first_line(error)})", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -24,12 +24,12 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerprint import keys
-from layerprint.errors import first_line
+from layerprint.errors import TrackingError, first_line
 from layerprint.tracking.redact import strip_credentials
 from layerprint.tracking.store import Point, batch_chunks, experiment_id_for, log_batch, resolve_tracking_uri
 
@@ -90,12 +90,56 @@ class RunSpool:
 
 @dataclass
 class SyncResult:
-    """Counts of one sync."""
+    """Counts of one sync: what was sent, the files whose send failed, and the spooled runs of other
+    stores that were left alone (``{store: runs}``)."""
 
     runs: int = 0
     metrics: int = 0
     artifacts: int = 0
     remaining: int = 0
+    other_stores: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SpoolEntry:
+    """One spooled run, as ``layerprint sync --list`` shows it."""
+
+    run_id: str
+    tracking_uri: str
+    points: int
+    artifacts: int
+    modified: float  # seconds since the epoch of the last record
+    path: Path
+
+
+def entries() -> list[SpoolEntry]:
+    """Every spooled run, oldest first."""
+    root = spool_root()
+    found = []
+    for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
+        records = read_records(path)
+        if not records:
+            continue
+        found.append(SpoolEntry(
+            run_id=path.stem, tracking_uri=records[0].get("tracking_uri", "?"),
+            points=sum(len(r["metrics"]) for r in records if r["kind"] == "batch"),
+            artifacts=sum(1 for r in records if r["kind"] == "artifact"), modified=path.stat().st_mtime, path=path))
+    return sorted(found, key=lambda entry: entry.modified)
+
+
+def drop(run_id: str) -> SpoolEntry:
+    """Delete one spooled run (its records and its copied files): the user gives up on sending it.
+
+    Raises:
+        TrackingError: no spooled run has that id.
+    """
+    entry = next((e for e in entries() if e.run_id == run_id), None)
+    if entry is None:
+        raise TrackingError(f"no spooled run {run_id!r}; `layerprint sync --list` shows them")
+    entry.path.unlink()
+    entry.path.with_suffix(".created").unlink(missing_ok=True)
+    shutil.rmtree(entry.path.with_suffix(".artifacts"), ignore_errors=True)
+    return entry
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -153,29 +197,33 @@ def sync_file(client: Any, path: Path, result: SyncResult) -> None:
     result.runs += 1
 
 
-def sync(tracking_uri: str | None = None) -> SyncResult:
-    """Send every spooled run.
+def sync(tracking_uri: str | None = None, send_all: bool = False) -> SyncResult:
+    """Send the spooled runs of one store, or of every store.
 
     Args:
-        tracking_uri: send everything here; by default each run goes to the store it was meant for
-            (as recorded, without credentials: give the URI, or set ``MLFLOW_TRACKING_URI``,
-            ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, when the store needs them).
+        tracking_uri: the store whose spool is sent (resolved as everywhere: the argument, else
+            ``MLFLOW_TRACKING_URI``, else the embedded default). Runs spooled for other stores are
+            left alone and counted in ``other_stores``. With ``send_all``: the store to send every
+            spooled run to, instead of the store each was meant for.
+        send_all: send every spooled run, each to the store it was meant for (as recorded, without
+            credentials: set ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` when the store needs them), or to
+            ``tracking_uri`` when given.
 
     Returns:
-        Counts of runs, metric points and artifacts sent, and spool files left (send failed).
+        Counts of runs, metric points and artifacts sent, spool files left (send failed), other stores.
     """
     from mlflow.tracking import MlflowClient
 
     result = SyncResult()
-    root = spool_root()
-    if not root.is_dir():
-        return result
-    for path in sorted(root.glob("*.jsonl")):
-        records = read_records(path)
-        uri = tracking_uri or (records[0]["tracking_uri"] if records else None)
+    target = None if send_all and not tracking_uri else strip_credentials(resolve_tracking_uri(tracking_uri))
+    for entry in entries():
+        if not send_all and entry.tracking_uri != target:
+            result.other_stores[entry.tracking_uri] = result.other_stores.get(entry.tracking_uri, 0) + 1
+            continue
+        uri = tracking_uri or (entry.tracking_uri if send_all else resolve_tracking_uri(None))
         try:
-            sync_file(MlflowClient(resolve_tracking_uri(uri)), path, result)
+            sync_file(MlflowClient(resolve_tracking_uri(uri)), entry.path, result)
         except Exception as error:  # noqa: BLE001 - keep the file for the next try, say why
-            print(f"layerprint sync: {path.name}: not sent ({type(error).__name__}: {first_line(error)[:200]})")
+            print(f"layerprint sync: {entry.run_id}: not sent ({type(error).__name__}: {first_line(error)[:200]})")
             result.remaining += 1
     return result

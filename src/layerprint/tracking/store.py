@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
+from layerprint import keys
 from layerprint.errors import TrackingError, first_line
 from layerprint.tracking.redact import strip_credentials
 
@@ -84,7 +85,7 @@ def check_server_reachable(uri: str) -> None:
     """
     if not reachable(uri, timeout=5.0):
         raise TrackingError(f"cannot reach the tracking server at {strip_credentials(uri)} (no connection); "
-                            "start it (README, 'Server mode') or fix tracking.uri")
+                            "start it (README, 'Deployment') or fix tracking.uri")
 
 
 def ensure_sqlite_parent(uri: str) -> None:
@@ -174,7 +175,8 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def experiment_id_for(client: Any, uri: str, name: str) -> str:
-    """The id of experiment ``name``, created (with ``default_artifact_location``) if missing.
+    """The id of experiment ``name``, created (with ``default_artifact_location``, and tagged as a
+    model-training experiment so that MLflow's UI opens it on its runs table) if missing.
 
     Several processes may start at once against one store (a sweep's jobs, concurrent fits); when another
     one created the experiment between the lookup and the creation, its experiment is returned.
@@ -193,7 +195,8 @@ def experiment_id_for(client: Any, uri: str, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name),
+                                        tags={keys.TAG_EXPERIMENT_KIND: keys.EXPERIMENT_KIND})
     except MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
