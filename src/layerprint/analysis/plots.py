@@ -120,13 +120,15 @@ def plot_loss_gaps(records: list[Any], report: dict[str, Any], path: Path) -> Pa
     fig, axes = plt.subplots(len(by_layer), 1, figsize=(9, 3.0 * len(by_layer)), squeeze=False)
     for ax, (layer, pairs) in zip(axes[:, 0], by_layer.items()):
         shown = sorted(pairs, key=lambda p: (p["first_divergence_step"] is None, p["first_divergence_step"] or 0))
-        for pair in shown[:MAX_GAP_LINES]:
+        for index, pair in enumerate(shown[:MAX_GAP_LINES]):
             a, b = loss[pair["a"]], loss[pair["b"]]
             steps = sorted(set(a) & set(b))
             if not steps:
                 continue
             gap = np.abs(np.array([a[s] for s in steps], dtype=np.float64) - np.array([b[s] for s in steps]))
-            (line,) = ax.plot(steps, gap, lw=1.1, label=f"{names[pair['a']]} vs {names[pair['b']]}")
+            style, marker = LINE_STYLES[index % len(LINE_STYLES)]  # equal gaps (pairs with a twin run) stay visible
+            (line,) = ax.plot(steps, gap, lw=1.1, ls=style, marker=marker, ms=3, markevery=max(1, len(steps) // 10),
+                              label=f"{names[pair['a']]} vs {names[pair['b']]}")
             first = pair["first_divergence_step"]
             if first is not None and first in a and first in b:
                 ax.plot([first], [abs(a[first] - b[first])], "o", color=line.get_color(), ms=5)
