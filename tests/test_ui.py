@@ -26,4 +26,4 @@ def test_the_example_store_shows_its_sweep(tmp_path):
     shutil.copytree(REPO / "mlruns.example", store)  # the server may upgrade the file it serves
     check = run_cli(["python", UI_CHECK, str(store)], tmp_path, timeout=600)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "every check passed (12 runs of sweep 'sweep experiment=demo')" in check.stdout
+    assert "every check passed (12 runs of sweep 'sweep experiment=demo device=cpu')" in check.stdout
