@@ -25,7 +25,7 @@ demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparis
 	$(BIN)/layerprint-train -m experiment=demo
 
 test: $(BIN)/.installed  ## every test, the slow ones too
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 test-fast: $(BIN)/.installed  ## the tests not marked slow (unit and small end-to-end tests)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"

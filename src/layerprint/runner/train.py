@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any, Iterator
 
 import hydra
@@ -256,6 +257,9 @@ def _parallel_jobs() -> int:
 def main() -> None:
     """Console entry point of ``layerprint-train``."""
     quiet_tensorflow()
+    # conf/hydra/launcher/ray.yaml shares its name with the Ray launcher plugin's schema, which Hydra then
+    # validates it against (wanted), warning at every step that this matching is deprecated (not wanted).
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     # One summary line per run is printed here; MLflow's own "View run <url>" line would repeat the
     # tracking URI (credentials included, if the user put them there) for every run.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -137,9 +138,15 @@ def create_client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     ensure_sqlite_parent(uri)
-    with _store_creation_lock(uri):
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
+    migrations = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+    level = migrations.level
+    migrations.setLevel(logging.WARNING)
+    try:
+        with _store_creation_lock(uri):
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+    finally:
+        migrations.setLevel(level)
     return client
 
 
