@@ -1,7 +1,7 @@
 """Check, in a real browser, that the MLflow UI shows a sweep as layerprint prints it.
 
 Serves a store folder (``mlflow.db`` and ``artifacts/``, as ``./mlruns`` of ``make demo`` or
-``mlruns.example/``) with ``mlflow server`` on a free loopback port, then opens pages in headless
+``mlruns.example/``) with MLflow's tracking server on a free port of 127.0.0.1, then opens pages in headless
 Chromium (``--dump-dom``, after the page's scripts have run) and checks what they show:
 
 1. the address the sweep printed (``--address``; by default the one layerprint prints for the store's
@@ -63,7 +63,7 @@ def _free_port() -> int:
 
 
 def serve(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``mlflow server`` on the store; returns the process and its address."""
+    """Start the tracking server on the store (bound to 127.0.0.1); returns the process and its address."""
     port = _free_port()
     process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store.resolve() / 'mlflow.db'}",
@@ -74,14 +74,14 @@ def serve(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.time() + 90
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"ui_check: mlflow server exited: {log.read_text()[-1000:]}")
+            raise SystemExit(f"ui_check: the tracking server exited: {log.read_text()[-1000:]}")
         try:
             with urllib.request.urlopen(f"{address}/health", timeout=2):
                 return process, address
         except OSError:
             time.sleep(0.3)
     process.kill()
-    raise SystemExit("ui_check: mlflow server did not come up in 90 s")
+    raise SystemExit("ui_check: the tracking server did not come up in 90 s")
 
 
 def dump_dom(browser: str, url: str, profile: Path) -> str:

@@ -5,7 +5,7 @@ import re
 from urllib.parse import parse_qs
 
 import pytest
-from helpers.processes import run_cli
+from helpers.processes import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
@@ -79,6 +79,11 @@ def test_sweep_children_share_one_parent_described_and_shown_by_the_printed_addr
     assert "| starts bitwise-identical to | second |" in first and "| first non-finite loss | none |" in first
     assert f"`{children['first'].data.tags[keys.TAG_INIT_FINGERPRINT][:16]}`" in first
     assert "| variant | `duplicated` |" in first and "| seed | 0 |" in first
+    # and in a real browser, the printed address shows both runs (scripts/ui_check.py, headless Chromium)
+    check = run_cli(["python", str(REPO / "scripts" / "ui_check.py"), str(tmp_path / "mlruns"), "--address", address],
+                    tmp_path, timeout=600)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "every check passed (2 runs" in check.stdout and check.stdout.count(": ok") == 5, check.stdout
 
 
 def test_a_single_run_is_described(tmp_path):

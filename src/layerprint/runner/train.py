@@ -269,7 +269,7 @@ def main() -> None:
         # mistake costs a fraction of a second and prints one line; and in a sweep, because Hydra turns a
         # failing sweep callback into a warning and runs the jobs anyway.
         uri = resolve_tracking_uri(cfg.tracking.uri)
-        ensure_sqlite_parent(uri)
+        ensure_sqlite_parent(uri, keep=False)
         check_server_reachable(uri)
         check_device_early(cfg.device)
     except LayerprintError as error:

@@ -89,21 +89,31 @@ def check_server_reachable(uri: str) -> None:
                             "start it (README, 'Deployment') or fix tracking.uri")
 
 
-def ensure_sqlite_parent(uri: str) -> None:
+def ensure_sqlite_parent(uri: str, keep: bool = True) -> None:
     """Create the folder of a SQLite store file.
+
+    Args:
+        uri: a resolved tracking URI; other stores: nothing happens.
+        keep: False to only prove that the folder can be made and written: the folders this call
+            created are removed again (a command line checked before anything runs leaves no trace).
 
     Raises:
         TrackingError: when the folder cannot be created or written.
     """
     if not uri.startswith("sqlite:///"):
         return
-    path = Path(uri[len("sqlite:///") :])
+    folder = Path(uri[len("sqlite:///") :]).parent
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TrackingError(f"cannot create the store folder {path.parent}: {error.strerror}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise TrackingError(f"the store folder {path.parent} is not writable")
+        raise TrackingError(f"cannot create the store folder {folder}: {error.strerror}") from None
+    writable = os.access(folder, os.W_OK)
+    if not keep:
+        for created in missing:  # deepest first
+            created.rmdir()
+    if not writable:
+        raise TrackingError(f"the store folder {folder} is not writable")
 
 
 @contextlib.contextmanager
