@@ -146,6 +146,27 @@ def test_write_report_without_records_writes_text_and_a_page_without_plots(tmp_p
     assert "run0" in page and "<img" not in page
 
 
+@pytest.mark.slow
+def test_plots_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, sqlite_uri, client):
+    # The sweep draws its plots on the joblib launcher's workers (write_report's map_fn): the same files.
+    from joblib import Parallel, delayed
+
+    records = collect(client, run_ids=_fit_pair(sqlite_uri, bn=True))
+    report = compare_records(records)
+    mapped = []
+
+    def on_workers(function, items):
+        mapped.append(len(items))
+        return Parallel(n_jobs=2, backend="loky")(delayed(function)(item) for item in items)
+
+    here = write_report(report, tmp_path / "here", records)
+    there = write_report(report, tmp_path / "there", records, map_fn=on_workers)
+    assert mapped == [6]
+    assert [p.name for p in there] == [p.name for p in here] and sum(p.suffix == ".png" for p in here) == 6
+    for a, b in zip(here, there):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 class Nudge(keras.callbacks.Callback):
     """Adds 1e-3 to one kernel right after the given (1-based, global) step's update."""
 

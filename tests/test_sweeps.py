@@ -1,11 +1,15 @@
 """Sweeps on real engines: joblib workers, Ray on a local cluster, submitit's local jobs, a failing
 job, real tracking servers on SQLite and on PostgreSQL, cluster configs."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.processes import MlflowServer, run_cli
+from helpers.processes import MlflowServer, free_port, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
@@ -153,6 +157,32 @@ def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
     # each finished run was logged from a Ray worker: Ray prefixes what its workers print with their pid
     ray_workers = set(re.findall(r"\(_run_job pid=(\d+)\)", done.stdout + done.stderr))
     assert {c.data.tags["layerprint.pid"] for c in finished} <= ray_workers
+    # layerprint started the local cluster while it opened the parent run; the launcher found it running
+    assert "Ray is already running" in done.stdout + done.stderr
+
+
+def test_ray_sweep_joins_an_existing_cluster_and_passes_the_parent_run_id(tmp_path):
+    # A cluster started apart from the sweep (`ray start --head`): the launcher joins it, and the parent
+    # run id reaches the jobs through Ray's runtime environment (its workers do not share the sweep dir's
+    # working directory, nor the launching process's environment).
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # as the sweep connects
+    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+        done = run_cli(["layerprint-train", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                        f"tracking.uri={store}", "variant=duplicated,shared", *SMALL], tmp_path, timeout=500)
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray is already running" not in done.stdout + done.stderr  # the launcher joined the cluster itself
+    (parent,), children = _runs(MlflowClient(store))
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
 
 
 def test_submitit_local_jobs_sweep(tmp_path):

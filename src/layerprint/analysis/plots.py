@@ -9,8 +9,9 @@ a curve drawn over another one still shows.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -252,21 +253,34 @@ def plot_init_matrix(report: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path) -> list[Path]:
+def _draw(plot: Callable[[], Path | None]) -> Path | None:
+    return plot()
+
+
+def write_plots(report: dict[str, Any], records: list[Any], out_dir: Path,
+                map_fn: Callable[[Callable[[Any], Any], list[Any]], Any] | None = None) -> list[Path]:
     """Write ``loss_curves.png``, ``loss_gaps.png``, ``batchnorm.png``, ``batchnorm_gaps.png``,
     ``weight_distance.png`` and ``init_matrix.png`` (each but the first and the last only when there
     is something to show).
+
+    Args:
+        report: from ``compare_records``.
+        records: the compared runs.
+        out_dir: an existing folder.
+        map_fn: ``map``-like ``(function, items) -> results`` that draws the plots: ``map`` (the
+            default) draws them one after another here; a map over worker processes (the sweep's
+            joblib workers) draws them at once; results in the order given. The plots are picklable.
 
     Returns:
         The files written.
     """
     out = Path(out_dir)
-    written = [
-        plot_loss_curves(records, out / "loss_curves.png", report),
-        plot_loss_gaps(records, report, out / "loss_gaps.png"),
-        plot_batchnorm(records, out / "batchnorm.png"),
-        plot_batchnorm_gaps(records, out / "batchnorm_gaps.png"),
-        plot_distance_heatmap(report, out / "weight_distance.png"),
-        plot_init_matrix(report, out / "init_matrix.png"),
+    plots = [
+        partial(plot_loss_curves, records, out / "loss_curves.png", report),
+        partial(plot_loss_gaps, records, report, out / "loss_gaps.png"),
+        partial(plot_batchnorm, records, out / "batchnorm.png"),
+        partial(plot_batchnorm_gaps, records, out / "batchnorm_gaps.png"),
+        partial(plot_distance_heatmap, report, out / "weight_distance.png"),
+        partial(plot_init_matrix, report, out / "init_matrix.png"),
     ]
-    return [path for path in written if path is not None]
+    return [path for path in (map_fn or map)(_draw, plots) if path is not None]

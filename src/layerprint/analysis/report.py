@@ -7,7 +7,7 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from layerprint.analysis.runs import RunRecord
 
@@ -150,7 +150,8 @@ def render(report: dict[str, Any], fmt: str) -> str:
 REPORT_HTML = "report.html"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunRecord] | None = None) -> list[Path]:
+def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunRecord] | None = None,
+                 map_fn: Callable[[Callable[[Any], Any], list[Any]], Any] | None = None) -> list[Path]:
     """Write ``compare.json``, ``compare.md``, ``compare.txt``, given the records the plots, and
     ``report.html`` (the tables and the plots in one self-contained file).
 
@@ -158,6 +159,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunR
         report: from ``compare_records``.
         out_dir: created if missing.
         records: the compared runs; their curves and arrays are plotted (see ``layerprint.analysis.plots``).
+        map_fn: how the plots are drawn (see ``write_plots``); default: one after another, here.
 
     Returns:
         The files written.
@@ -172,6 +174,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path, records: list[RunR
     if records is not None:
         from layerprint.analysis.plots import write_plots
 
-        plots = write_plots(report, records, out)
+        plots = write_plots(report, records, out, map_fn)
     (out / REPORT_HTML).write_text(format_html(report, plots), encoding="utf-8")
     return written + plots + [out / REPORT_HTML]

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from hydra.experimental.callback import Callback
@@ -65,11 +65,17 @@ class SweepParentRun(Callback):
         self.client: Any = None
         self.parent_run_id: str | None = None
         self.uri: str | None = None
+        self.local_ray: LocalRay | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Ray launcher sends Hydra's context, callbacks included, to every job; the cluster stays here.
+        return {**self.__dict__, "local_ray": None}
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self.uri = resolve_tracking_uri(config.tracking.uri)
         os.environ["MLFLOW_TRACKING_URI"] = self.uri
         start_joblib_workers(config.hydra.launcher)
+        self.local_ray = LocalRay.start(config.hydra.launcher)
         self.client = open_store(self.uri)
         experiment_id = experiment_id_for(self.client, self.uri, config.tracking.experiment)
         overrides = redact(" ".join(config.hydra.overrides.task))
@@ -85,6 +91,8 @@ class SweepParentRun(Callback):
         with open(os.path.join(sweep_dir, SWEEP_FILE), "w", encoding="utf-8") as handle:
             json.dump({"parent_run_id": self.parent_run_id, "tracking_uri": strip_credentials(self.uri)}, handle)
         atexit.register(self._close, "FAILED")
+        if self.local_ray is not None:
+            self.local_ray.wait_started()  # before the launcher looks for a running Ray
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if self.client is None or self.parent_run_id is None:
@@ -94,6 +102,8 @@ class SweepParentRun(Callback):
         from layerprint.analysis.report import format_table, write_report
         from layerprint.analysis.runs import collect
 
+        if self.local_ray is not None:
+            self.local_ray.stop()  # every job has returned; Ray's shutdown (about 1.4 s) overlaps the comparison
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         try:
             records = collect(self.client, parent_run_id=self.parent_run_id)
@@ -102,7 +112,7 @@ class SweepParentRun(Callback):
             print(f"layerprint: could not compare the sweep's runs: {error}", file=sys.stderr)
         else:
             out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
-            written = write_report(report, out_dir, records)
+            written = write_report(report, out_dir, records, map_fn=joblib_map(config.hydra.launcher))
             for path in written:
                 self.client.log_artifact(self.parent_run_id, str(path), "compare")
             plots = [path.name for path in written if path.suffix == ".png"]
@@ -127,6 +137,8 @@ class SweepParentRun(Callback):
             f"                  then {compare_runs_address(ui_address(self.uri), experiment_id, children)}"
         )
         stop_joblib_workers(config.hydra.launcher)
+        if self.local_ray is not None:
+            self.local_ray.wait_stopped()
 
     def _children(self) -> list[Any]:
         return self.client.search_runs(
@@ -173,6 +185,17 @@ def _is_joblib(launcher: Any) -> bool:
     return str(launcher.get("_target_", "")).endswith("JoblibLauncher")
 
 
+def _joblib_arguments(launcher: Any) -> dict[str, Any]:
+    """The arguments the joblib launcher gives ``joblib.Parallel``: the same ones find its workers again."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from omegaconf import OmegaConf
+
+    arguments = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
+    arguments["backend"] = "loky"  # as the launcher does
+    process_joblib_cfg(arguments)
+    return arguments
+
+
 def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     """Start the joblib launcher's worker processes now, in the background, and have them import
     TensorFlow, Keras and MLflow while this process opens the store and the parent run.
@@ -186,13 +209,9 @@ def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     """
     if not _is_joblib(launcher):
         return None
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
-    from omegaconf import OmegaConf
 
-    joblib_cfg = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
-    joblib_cfg["backend"] = "loky"  # as the launcher does
-    process_joblib_cfg(joblib_cfg)
+    joblib_cfg = _joblib_arguments(launcher)
     n_jobs = joblib_cfg.get("n_jobs") or 1
     workers = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
 
@@ -206,6 +225,26 @@ def start_joblib_workers(launcher: Any) -> threading.Thread | None:
     thread = threading.Thread(target=warm, name="layerprint-warm-workers", daemon=True)
     thread.start()
     return thread
+
+
+def joblib_map(launcher: Any) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None:
+    """A ``map`` over the joblib launcher's warm workers, for the comparison's plots at the sweep's end
+    (each plot is a second or so of matplotlib on one core; the workers are idle by then). Should the
+    workers be gone, it maps in this process. Other launchers: None.
+    """
+    if not _is_joblib(launcher):
+        return None
+    from joblib import Parallel, delayed
+
+    arguments = _joblib_arguments(launcher)
+
+    def parallel_map(function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        try:
+            return Parallel(**arguments)(delayed(function)(item) for item in items)
+        except Exception:  # noqa: BLE001 - a worker lost (killed, out of memory): draw them here instead
+            return [function(item) for item in items]
+
+    return parallel_map
 
 
 def stop_joblib_workers(launcher: Any) -> None:
@@ -222,6 +261,81 @@ def stop_joblib_workers(launcher: Any) -> None:
     executor = getattr(reusable_executor, "_executor", None)  # the one executor loky reuses; no public getter
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+def _is_ray(launcher: Any) -> bool:
+    return str(launcher.get("_target_", "")).endswith("RayLauncher")
+
+
+class LocalRay:
+    """The Ray launcher's local cluster, started by the sweep callback so that its start overlaps the
+    opening of the store and the parent run (each about 2.5 s on one core), and shut down while the
+    sweep's runs are compared.
+
+    The Ray launcher starts Ray only when none is running (``ray.is_initialized()``), with the same
+    ``hydra.launcher.ray.init`` arguments, so it finds this one. The parent run does not exist yet
+    when Ray starts: instead of Ray's ``runtime_env``, the jobs read its id from the sweep dir's
+    ``.layerprint-sweep.json``, which workers of a local cluster share with this process. Joining an
+    existing cluster (``hydra.launcher.ray.init.address``) is left to the launcher, with the parent
+    run id in ``runtime_env``.
+
+    Ray's daemons are started with a parent-death signal, which Linux ties to the thread that started
+    them: that thread lives until the cluster is shut down, and shuts it down itself.
+    """
+
+    def __init__(self, init: dict[str, Any]) -> None:
+        self._init = init
+        self._started = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="layerprint-local-ray", daemon=True)
+
+    @classmethod
+    def start(cls, launcher: Any) -> LocalRay | None:
+        """Start the local cluster of a Ray launcher in the background.
+
+        Args:
+            launcher: the sweep's ``hydra.launcher`` config.
+
+        Returns:
+            The cluster being started, or None (another launcher, or an existing cluster to join).
+        """
+        if not _is_ray(launcher) or launcher.ray.init.get("address"):
+            return None
+        from omegaconf import OmegaConf
+
+        init = OmegaConf.to_container(launcher.ray.init, resolve=True)
+        if init.get("object_store_memory") is None:  # the launcher's default (ray-project/ray#11966)
+            init["object_store_memory"] = 78643200
+        env_vars = (init.get("runtime_env") or {}).get("env_vars") or {}
+        env_vars.pop(PARENT_RUN_ENV, None)  # not known yet: the jobs read it from the sweep file
+        local = cls(init)
+        local._thread.start()
+        return local
+
+    def _run(self) -> None:
+        try:
+            import ray
+
+            ray.init(**self._init)
+        except Exception:  # noqa: BLE001 - only a head start: the launcher starts Ray and reports its error
+            self._started.set()
+            return
+        self._started.set()
+        self._stop.wait()
+        ray.shutdown()
+
+    def wait_started(self) -> None:
+        """Return once Ray is up (or failed to start, for the launcher to try again)."""
+        self._started.wait()
+
+    def stop(self) -> None:
+        """Begin the shutdown, in the background."""
+        self._stop.set()
+
+    def wait_stopped(self) -> None:
+        """Return once Ray is shut down."""
+        self._stop.set()
+        self._thread.join()
 
 
 def ui_address(uri: str) -> str:
