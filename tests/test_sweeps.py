@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.processes import MlflowServer, free_port, run_cli
+from helpers.processes import MlflowServer, free_port, run_cli, wait_for_port
 from mlflow.tracking import MlflowClient
 
 from layerprint import keys
@@ -135,6 +135,7 @@ def test_joblib_sweep_through_a_server_on_postgresql(tmp_path, postgres_uri):
     assert stored == 4 * STEPS  # every step of every job, once
 
 
+@pytest.mark.xdist_group("ray")  # one Ray cluster at a time on the 2-core machine
 def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
     good = _good_npz(tmp_path)
@@ -161,23 +162,27 @@ def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
     assert "Ray is already running" in done.stdout + done.stderr
 
 
+@pytest.mark.xdist_group("ray")
 def test_ray_sweep_joins_an_existing_cluster_and_passes_the_parent_run_id(tmp_path):
     # A cluster started apart from the sweep (`ray start --head`): the launcher joins it, and the parent
     # run id reaches the jobs through Ray's runtime environment (its workers do not share the sweep dir's
     # working directory, nor the launching process's environment).
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
-    ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # as the sweep connects
-    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert started.returncode == 0, started.stderr[-2000:]
+    # --block: the cluster lives as long as this process, and ends with it (`ray stop` would end every
+    # cluster on the machine)
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     try:
+        wait_for_port(port, timeout=120)
         store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
         done = run_cli(["layerprint-train", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
                         f"tracking.uri={store}", "variant=duplicated,shared", *SMALL], tmp_path, timeout=500)
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        head.terminate()
+        head.wait(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray is already running" not in done.stdout + done.stderr  # the launcher joined the cluster itself
     (parent,), children = _runs(MlflowClient(store))

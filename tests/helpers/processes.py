@@ -16,6 +16,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:``port``; RuntimeError after ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
 def run_cli(args, cwd, env=None, timeout=300):
     """Run a console script of this environment; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
+import signal
 import sys
 import threading
 from typing import Any, Callable
@@ -279,12 +281,14 @@ class LocalRay:
     existing cluster (``hydra.launcher.ray.init.address``) is left to the launcher, with the parent
     run id in ``runtime_env``.
 
-    Ray's daemons are started with a parent-death signal, which Linux ties to the thread that started
-    them: that thread lives until the cluster is shut down, and shuts it down itself.
+    Once up, each worker slot imports what every job needs (``_warm_up_worker``), while this process
+    prepares the launch. Ray's daemons are started with a parent-death signal, which Linux ties to the
+    thread that started them: that thread lives until the cluster is shut down, and shuts it down itself.
     """
 
-    def __init__(self, init: dict[str, Any]) -> None:
+    def __init__(self, init: dict[str, Any], cpus_per_job: float) -> None:
         self._init = init
+        self._cpus_per_job = cpus_per_job
         self._started = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="layerprint-local-ray", daemon=True)
@@ -304,11 +308,18 @@ class LocalRay:
         from omegaconf import OmegaConf
 
         init = OmegaConf.to_container(launcher.ray.init, resolve=True)
+        init["address"] = "local"  # a new cluster, as documented, even if `ray start` left one running here
         if init.get("object_store_memory") is None:  # the launcher's default (ray-project/ray#11966)
             init["object_store_memory"] = 78643200
         env_vars = (init.get("runtime_env") or {}).get("env_vars") or {}
         env_vars.pop(PARENT_RUN_ENV, None)  # not known yet: the jobs read it from the sweep file
-        local = cls(init)
+        local = cls(init, float(launcher.ray.get("remote", {}).get("num_cpus") or 1))
+        # What ray.init does in the main thread only: SIGTERM exits through atexit (Ray's shutdown, the
+        # parent run closed FAILED) instead of killing the process; and not its warning that it could not.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        logging.getLogger("ray._private.worker").addFilter(
+            lambda record: "SIGTERM handler is not set" not in record.getMessage())
         local._thread.start()
         return local
 
@@ -321,6 +332,10 @@ class LocalRay:
             self._started.set()
             return
         self._started.set()
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self._cpus_per_job))
+        warm_up = ray.remote(num_cpus=self._cpus_per_job)(_warm_up_worker)
+        for _ in range(slots):
+            warm_up.remote(slots)  # not waited for: the jobs queue behind it on the same workers
         self._stop.wait()
         ray.shutdown()
 
