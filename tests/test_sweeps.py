@@ -155,8 +155,9 @@ def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
         _assert_complete(client, child)
     assert len(failed) == 2 and all("does not exist" in c.data.tags[keys.TAG_FAILURE] for c in failed)
     assert parent.data.tags[keys.TAG_FAILED_JOBS].count("FAILED") == 2
-    # each finished run was logged from a Ray worker: Ray prefixes what its workers print with their pid
-    ray_workers = set(re.findall(r"\(_run_job pid=(\d+)\)", done.stdout + done.stderr))
+    # each finished run was logged from a Ray worker: Ray prefixes what its workers print with the task's
+    # name and the pid (a worker's first task may be layerprint's warm-up, which names the lines after it)
+    ray_workers = set(re.findall(r"\(\w+ pid=(\d+)\)", done.stdout + done.stderr))
     assert {c.data.tags["layerprint.pid"] for c in finished} <= ray_workers
     # layerprint started the local cluster while it opened the parent run; the launcher found it running
     assert "Ray is already running" in done.stdout + done.stderr
