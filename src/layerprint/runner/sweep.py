@@ -4,27 +4,26 @@
 store once, opens the parent run, and passes its id and the absolute tracking URI to the jobs through
 the environment (``LAYERPRINT_PARENT_RUN_ID``; not ``MLFLOW_RUN_ID``, which would resume the parent
 instead of nesting under it) and through ``<sweep dir>/.layerprint-sweep.json``, for worker
-processes that were started before the parent run existed (joblib's warm workers) or run elsewhere. A job that fails leaves a FAILED run and lets the others go on (see
-``train.hydra_main``); at the end the parent run lists them in ``layerprint.failed_jobs`` and ends
-FAILED. Should Hydra itself stop before ``on_multirun_end`` (an interrupt), the parent is closed from
-an ``atexit`` hook, as FAILED.
+processes that were started before the parent run existed (joblib's warm workers, a local Ray
+cluster's: see ``layerprint.runner.launchers``) or run elsewhere. A job that fails leaves a FAILED run
+and lets the others go on (see ``train.hydra_main``); at the end the parent run lists them in
+``layerprint.failed_jobs`` and ends FAILED. Should Hydra itself stop before ``on_multirun_end`` (an
+interrupt), the parent is closed from an ``atexit`` hook, as FAILED.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
-import logging
 import os
-import signal
 import sys
-import threading
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from hydra.experimental.callback import Callback
 
 from layerprint import keys
+from layerprint.runner.launchers import LocalRay, joblib_map, start_joblib_workers, stop_joblib_workers
 from layerprint.tracking.redact import redact, strip_credentials
 from layerprint.tracking.store import experiment_id_for, open_store, resolve_tracking_uri
 
@@ -77,7 +76,7 @@ class SweepParentRun(Callback):
         self.uri = resolve_tracking_uri(config.tracking.uri)
         os.environ["MLFLOW_TRACKING_URI"] = self.uri
         start_joblib_workers(config.hydra.launcher)
-        self.local_ray = LocalRay.start(config.hydra.launcher)
+        self.local_ray = LocalRay.start(config.hydra.launcher, unknown_env=[PARENT_RUN_ENV])
         self.client = open_store(self.uri)
         experiment_id = experiment_id_for(self.client, self.uri, config.tracking.experiment)
         overrides = redact(" ".join(config.hydra.overrides.task))
@@ -165,192 +164,6 @@ def sweep_run_name(task_overrides: list[str]) -> str:
     ``sweep experiment=demo device=cpu``."""
     kept = [o for o in task_overrides if not o.lstrip("+~").startswith(("tracking", "hydra"))]
     return redact(" ".join(["sweep", *kept]))[:250]
-
-
-def _warm_up_worker(parallel_jobs: int) -> int:
-    """Run in a fresh worker: import what every job needs (TensorFlow, Keras, MLflow, the runner)
-    and give TensorFlow its share of the cores before it starts."""
-    from layerprint.runner.runtime import quiet_native_start_up, share_cpu_threads
-
-    with quiet_native_start_up():
-        import keras  # noqa: F401
-        import mlflow  # noqa: F401
-
-        import layerprint.callback  # noqa: F401
-        import layerprint.runner.models  # noqa: F401
-
-        share_cpu_threads(parallel_jobs)
-    return os.getpid()
-
-
-def _is_joblib(launcher: Any) -> bool:
-    return str(launcher.get("_target_", "")).endswith("JoblibLauncher")
-
-
-def _joblib_arguments(launcher: Any) -> dict[str, Any]:
-    """The arguments the joblib launcher gives ``joblib.Parallel``: the same ones find its workers again."""
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
-    from omegaconf import OmegaConf
-
-    arguments = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
-    arguments["backend"] = "loky"  # as the launcher does
-    process_joblib_cfg(arguments)
-    return arguments
-
-
-def start_joblib_workers(launcher: Any) -> threading.Thread | None:
-    """Start the joblib launcher's worker processes now, in the background, and have them import
-    TensorFlow, Keras and MLflow while this process opens the store and the parent run.
-
-    joblib keeps one reusable loky executor per configuration; started with the launcher's own
-    arguments, the jobs later run on these warm workers instead of starting cold ones (about 6 s of
-    imports a worker on the 2-core machine). Other launchers: nothing happens.
-
-    Returns:
-        The thread that started the workers, or None.
-    """
-    if not _is_joblib(launcher):
-        return None
-    from joblib import Parallel, delayed
-
-    joblib_cfg = _joblib_arguments(launcher)
-    n_jobs = joblib_cfg.get("n_jobs") or 1
-    workers = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
-
-    def warm() -> None:
-        try:
-            Parallel(**joblib_cfg)(delayed(_warm_up_worker)(workers) for _ in range(workers))
-        except Exception:  # noqa: BLE001 - only a head start; the launcher starts workers itself if this fails
-            return
-        import layerprint.analysis.plots  # noqa: F401 - matplotlib, for the comparison at the sweep's end, while jobs run
-
-    thread = threading.Thread(target=warm, name="layerprint-warm-workers", daemon=True)
-    thread.start()
-    return thread
-
-
-def joblib_map(launcher: Any) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None:
-    """A ``map`` over the joblib launcher's warm workers, for the comparison's plots at the sweep's end
-    (each plot is a second or so of matplotlib on one core; the workers are idle by then). Should the
-    workers be gone, it maps in this process. Other launchers: None.
-    """
-    if not _is_joblib(launcher):
-        return None
-    from joblib import Parallel, delayed
-
-    arguments = _joblib_arguments(launcher)
-
-    def parallel_map(function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        try:
-            return Parallel(**arguments)(delayed(function)(item) for item in items)
-        except Exception:  # noqa: BLE001 - a worker lost (killed, out of memory): draw them here instead
-            return [function(item) for item in items]
-
-    return parallel_map
-
-
-def stop_joblib_workers(launcher: Any) -> None:
-    """Stop the joblib launcher's reusable workers now that every job has returned.
-
-    Left to interpreter exit, loky waits for each worker to unload TensorFlow (about 2 s of the
-    sweep's wall time on the 2-core machine); killing idle workers loses nothing. Other launchers:
-    nothing happens.
-    """
-    if not _is_joblib(launcher):
-        return
-    from joblib.externals.loky import reusable_executor
-
-    executor = getattr(reusable_executor, "_executor", None)  # the one executor loky reuses; no public getter
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
-
-
-def _is_ray(launcher: Any) -> bool:
-    return str(launcher.get("_target_", "")).endswith("RayLauncher")
-
-
-class LocalRay:
-    """The Ray launcher's local cluster, started by the sweep callback so that its start overlaps the
-    opening of the store and the parent run (each about 2.5 s on one core), and shut down while the
-    sweep's runs are compared.
-
-    The Ray launcher starts Ray only when none is running (``ray.is_initialized()``), with the same
-    ``hydra.launcher.ray.init`` arguments, so it finds this one. The parent run does not exist yet
-    when Ray starts: instead of Ray's ``runtime_env``, the jobs read its id from the sweep dir's
-    ``.layerprint-sweep.json``, which workers of a local cluster share with this process. Joining an
-    existing cluster (``hydra.launcher.ray.init.address``) is left to the launcher, with the parent
-    run id in ``runtime_env``.
-
-    Once up, each worker slot imports what every job needs (``_warm_up_worker``), while this process
-    prepares the launch. Ray's daemons are started with a parent-death signal, which Linux ties to the
-    thread that started them: that thread lives until the cluster is shut down, and shuts it down itself.
-    """
-
-    def __init__(self, init: dict[str, Any], cpus_per_job: float) -> None:
-        self._init = init
-        self._cpus_per_job = cpus_per_job
-        self._started = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="layerprint-local-ray", daemon=True)
-
-    @classmethod
-    def start(cls, launcher: Any) -> LocalRay | None:
-        """Start the local cluster of a Ray launcher in the background.
-
-        Args:
-            launcher: the sweep's ``hydra.launcher`` config.
-
-        Returns:
-            The cluster being started, or None (another launcher, or an existing cluster to join).
-        """
-        if not _is_ray(launcher) or launcher.ray.init.get("address"):
-            return None
-        from omegaconf import OmegaConf
-
-        init = OmegaConf.to_container(launcher.ray.init, resolve=True)
-        init["address"] = "local"  # a new cluster, as documented, even if `ray start` left one running here
-        if init.get("object_store_memory") is None:  # the launcher's default (ray-project/ray#11966)
-            init["object_store_memory"] = 78643200
-        env_vars = (init.get("runtime_env") or {}).get("env_vars") or {}
-        env_vars.pop(PARENT_RUN_ENV, None)  # not known yet: the jobs read it from the sweep file
-        local = cls(init, float(launcher.ray.get("remote", {}).get("num_cpus") or 1))
-        # What ray.init does in the main thread only: SIGTERM exits through atexit (Ray's shutdown, the
-        # parent run closed FAILED) instead of killing the process; and not its warning that it could not.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-        logging.getLogger("ray._private.worker").addFilter(
-            lambda record: "SIGTERM handler is not set" not in record.getMessage())
-        local._thread.start()
-        return local
-
-    def _run(self) -> None:
-        try:
-            import ray
-
-            ray.init(**self._init)
-        except Exception:  # noqa: BLE001 - only a head start: the launcher starts Ray and reports its error
-            self._started.set()
-            return
-        self._started.set()
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self._cpus_per_job))
-        warm_up = ray.remote(num_cpus=self._cpus_per_job)(_warm_up_worker)
-        for _ in range(slots):
-            warm_up.remote(slots)  # not waited for: the jobs queue behind it on the same workers
-        self._stop.wait()
-        ray.shutdown()
-
-    def wait_started(self) -> None:
-        """Return once Ray is up (or failed to start, for the launcher to try again)."""
-        self._started.wait()
-
-    def stop(self) -> None:
-        """Begin the shutdown, in the background."""
-        self._stop.set()
-
-    def wait_stopped(self) -> None:
-        """Return once Ray is shut down."""
-        self._stop.set()
-        self._thread.join()
 
 
 def ui_address(uri: str) -> str:
