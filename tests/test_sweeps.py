@@ -158,7 +158,9 @@ def test_ray_sweep_on_a_local_cluster_with_a_failing_job(tmp_path):
     # each finished run was logged from a Ray worker: Ray prefixes what its workers print with the task's
     # name and the pid (a worker's first task may be layerprint's warm-up, which names the lines after it)
     ray_workers = set(re.findall(r"\(\w+ pid=(\d+)\)", done.stdout + done.stderr))
-    assert {c.data.tags["layerprint.pid"] for c in finished} <= ray_workers
+    assert {c.data.tags["layerprint.pid"] for c in finished} <= ray_workers, done.stdout[-4000:]
+    for child in finished:  # each job's summary line reached the terminal before Ray was shut down
+        assert f"run {child.info.run_id} FINISHED" in done.stdout + done.stderr
     # layerprint started the local cluster while it opened the parent run; the launcher found it running
     assert "Ray is already running" in done.stdout + done.stderr
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 
@@ -116,6 +117,9 @@ def _is_ray(launcher: Any) -> bool:
     return str(launcher.get("_target_", "")).endswith("RayLauncher")
 
 
+LOG_GRACE_S = 1.0  # before shutting Ray down: for the workers' last lines to be forwarded and printed
+
+
 class LocalRay:
     """The Ray launcher's local cluster, started by the sweep callback so that its start overlaps the
     opening of the store and the parent run (each about 2.5 s on one core), and shut down while the
@@ -187,6 +191,10 @@ class LocalRay:
         for _ in range(slots):
             warm_up.remote(slots)  # not waited for: the jobs queue behind it on the same workers
         self._stop.wait()
+        # What the workers printed last reaches this process through Ray's log monitor, a little later;
+        # Ray waits 0.5 s for it before its own shutdown at exit (not before an explicit one). Here,
+        # the runs are being compared meanwhile.
+        time.sleep(LOG_GRACE_S)
         ray.shutdown()
 
     def wait_started(self) -> None:
