@@ -186,10 +186,13 @@ class LocalRay:
             self._started.set()
             return
         self._started.set()
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self._cpus_per_job))
-        warm_up = ray.remote(num_cpus=self._cpus_per_job)(_warm_up_worker)
-        for _ in range(slots):
-            warm_up.remote(slots)  # not waited for: the jobs queue behind it on the same workers
+        try:
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self._cpus_per_job))
+            warm_up = ray.remote(num_cpus=self._cpus_per_job)(_warm_up_worker)
+            for _ in range(slots):
+                warm_up.remote(slots)  # not waited for: the jobs queue behind it on the same workers
+        except Exception:  # noqa: BLE001 - only a head start (and this thread must live on: see above)
+            pass
         self._stop.wait()
         # What the workers printed last reaches this process through Ray's log monitor, a little later;
         # Ray waits 0.5 s for it before its own shutdown at exit (not before an explicit one). Here,
