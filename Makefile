@@ -24,8 +24,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and the UI command
 	$(BIN)/layerprint-train -m experiment=demo
 
-test: $(BIN)/.installed  ## every test, the slow ones too, two at a time (tests of one xdist_group one after another)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup
+test: $(BIN)/.installed  ## every test, the slow ones too: two at a time (one xdist_group's one after another), then the timed ones alone
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial
 
 test-fast: $(BIN)/.installed  ## the tests not marked slow (unit and small end-to-end tests)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"

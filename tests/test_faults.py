@@ -217,6 +217,7 @@ def test_bad_input_table_one_line_nonzero_no_traceback_no_running_run(tmp_path, 
     assert all(r.info.status == "FINISHED" for r in client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
+@pytest.mark.serial  # a wall-clock bound: `make test` runs it alone, after the tests that run two at a time
 def test_bad_input_that_needs_no_tensorflow_is_refused_within_a_second(tmp_path):
     write_bad_files(tmp_path)
     quick = [["layerprint-train", "variant=nope"], ["layerprint-train", "tracking.uri=ftp://example/x"],
