@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,10 @@ def test_ray_sweep_joins_an_existing_cluster_and_passes_the_parent_run_id(tmp_pa
     finally:
         head.terminate()
         head.wait(timeout=120)
+        # `ray start` leaves the address behind, where a plain ray.init() would try to join it later
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray is already running" not in done.stdout + done.stderr  # the launcher joined the cluster itself
     (parent,), children = _runs(MlflowClient(store))
