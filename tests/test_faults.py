@@ -20,7 +20,7 @@ from helpers.processes import BIN, REPO, MlflowServer, free_port, run_cli
 from mlflow.tracking import MlflowClient
 
 from layerprint import LayerprintCallback, keys
-from layerprint.tracking.store import experiment_id_for
+from layerprint.tracking.store import create_client, experiment_id_for
 
 pytestmark = pytest.mark.slow
 FIT_SCRIPT = str(Path(__file__).with_name("fit_script.py"))
@@ -32,12 +32,17 @@ def _fit(uri, experiment, run_id_file, *extra, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 
-def _wait_for(predicate, timeout=120, what="condition"):
+def _wait_for(predicate, timeout=120, what="condition", process=None):
+    """Poll ``predicate`` until it returns something true; fail at once, with its stderr, when ``process``
+    (the one that should bring the condition about) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before {what}: "
+                                 f"{process.stderr.read()[-3000:]}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -124,15 +129,21 @@ def test_sigint_ends_the_run_killed_with_its_points_and_exit_130(tmp_path):
     train = subprocess.Popen([str(BIN / "layerprint-train"), "layer=dense", "device=cpu", "trainer.epochs=500",
                               "data.n_samples=256"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        client = MlflowClient(f"sqlite:///{store}")
+        clients = []
 
         def running_run():
-            if not store.exists() or client.get_experiment_by_name("layerprint") is None:
+            if not store.exists():
+                return None
+            if not clients:  # under the store's creation lock: a plain client that opened the file while
+                clients.append(create_client(f"sqlite:///{store}"))  # the job created it would migrate it too
+            client = clients[0]
+            if client.get_experiment_by_name("layerprint") is None:
                 return None
             runs = client.search_runs([client.get_experiment_by_name("layerprint").experiment_id])
             return runs[0].info.run_id if runs and len(_steps(client, runs[0].info.run_id, "train/loss")) >= 20 else None
 
-        run_id = _wait_for(running_run, timeout=180, what="a running run with points")
+        run_id = _wait_for(running_run, timeout=180, what="a running run with points", process=train)
+        client = clients[0]
         seen = len(_steps(client, run_id, "train/loss"))
         train.send_signal(signal.SIGINT)
         out, err = train.communicate(timeout=120)
@@ -251,7 +262,7 @@ def test_four_concurrent_writers_to_one_sqlite_store(tmp_path, sqlite_uri, clien
 
 OPEN_AT_ONCE = """
 import os, sys, time
-from layerprint.tracking.store import experiment_id_for, open_store
+from layerprint.tracking.store import create_client, experiment_id_for, open_store
 uri, go, ready = sys.argv[1:4]
 open(ready, "w").close()
 while not os.path.exists(go):
