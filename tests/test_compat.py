@@ -5,6 +5,7 @@ The README's "Works with" table names these tests."""
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers.logged import artifact_json, check_run_matches_model
-from layerprint import LayerprintCallback, keys
+from helpers.logged import artifact_json, check_run_matches_model, weight_variables
+from layerprint import LayerprintCallback, keys, wait_for_runs
 from layerprint.inspection.fingerprint import fingerprint_model
+from layerprint.inspection.state import checksum_numpy
+from layerprint.tracking.steps import read_steps
 
 TESTS = Path(__file__).resolve().parent
 
@@ -256,10 +259,27 @@ def test_keras_callbacks_alongside(store, tmp_path):
 def test_early_stopping_stops_the_record_where_training_stopped(store):
     model = _dense_bn_sequential()
     model.compile(keras.optimizers.SGD(0.0), "mse")  # no improvement: EarlyStopping ends after 2 epochs
-    history = model.fit(*_xy(), epochs=10, batch_size=8, verbose=0,
+    history = model.fit(*_xy(), epochs=10, batch_size=8, verbose=0, shuffle=False,  # shuffled, a loss can fall
                         callbacks=[keras.callbacks.EarlyStopping(monitor="loss", patience=1), LayerprintCallback()])
     assert len(history.epoch) == 2
     check_run_matches_model(store, _only_run(store), model, list(range(1, 9)))
+
+
+def test_weights_another_callback_restores_at_train_end_are_the_final_fingerprint(store):
+    """EarlyStopping(restore_best_weights=True), listed first, sets the best epoch's weights in its own
+    on_train_end: the final fingerprint is of those, not of the values read at the last epoch end."""
+    model = _dense_bn_sequential()
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    best_is_first = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=10, restore_best_weights=True)
+    model.fit(*_xy(), epochs=3, batch_size=8, verbose=0, shuffle=False, callbacks=[best_is_first, LayerprintCallback()])
+    wait_for_runs()
+    run_id = _only_run(store)
+    final = artifact_json(store, run_id, keys.FINGERPRINTS_FINAL)
+    assert final["model"] == fingerprint_model(model)["model"]
+    assert store.get_run(run_id).data.tags[keys.TAG_FINAL_FINGERPRINT] == final["model"]
+    _, checksums = read_steps(store.download_artifacts(run_id, f"{keys.ARTIFACT_DIR}/{keys.STEPS}")).checksums()
+    at_last_epoch_end = Counter(int(values[-1]) for values in checksums.values())
+    assert at_last_epoch_end != Counter(checksum_numpy(np.asarray(v.numpy())) for v in weight_variables(model))
 
 
 def test_mlflow_keras_callback_in_the_same_run(store):

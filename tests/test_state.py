@@ -120,3 +120,28 @@ def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution
         np.testing.assert_allclose(table.column("bn/bn/moving_mean/mean")[step - 1].as_py(), reference.bn_means[index],
                                    rtol=1e-6)
     assert all(v is not None for n in names for v in table.column(n).to_pylist())  # inside blocks too
+
+
+def test_a_later_fit_of_a_model_chooses_its_checksum_cadence_after_two_steps(tmp_path):
+    """The first fit reads the checksums at every step until it has timed four steps; a later fit of the
+    same model knows what a read costs and chooses the cadence after two."""
+    from layerprint import LayerprintCallback
+
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(96, 5)).astype("float32")
+    checksummed = []
+    for _ in range(2):
+        callback = LayerprintCallback(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        model.fit(x, x.sum(axis=1), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+        callback.wait()
+        record = callback._progress.record
+        assert record.checksum_every >= 4  # a read costs far more than a quarter of 2 % of this model's step
+        table = record.to_table()
+        column = next(name for name in table.column_names if name.startswith(keys.CHECKSUM_PREFIX))
+        checksummed.append({step for step, value in zip(table.column("step").to_pylist(),
+                                                        table.column(column).to_pylist()) if value is not None})
+    first, later = checksummed
+    assert {1, 2, 3, 4, 12} <= first
+    assert {1, 2, 12} <= later and 3 not in later, sorted(later)

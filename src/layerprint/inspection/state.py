@@ -16,9 +16,10 @@ It is a change detector, not a cryptographic hash.
 On JAX the trained state lives in the trainer between steps (``model._jax_state``); it is read there,
 so no ``Callback.model`` state sync (which copies every variable back) is needed.
 
-On TensorFlow, ``TrainStepRecorder`` goes further: the compiled train step itself writes the state
-that every optimizer step left into a ring buffer on the device, so recording costs no call from Python
-at all (a call into a compiled function costs about 100 us, 1 % of a 10 ms step).
+On TensorFlow, ``TrainStepRecorder`` goes further: the compiled train step itself writes the BatchNorm
+statistics that every optimizer step left into a ring buffer on the device, so recording them costs no
+call from Python (a call into a compiled function costs about 100 us, 1 % of a 10 ms step); the
+checksums, read on their cadence, cost one call each.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class StateReader:
                                                                  _checksums_of(xp, arrays[n_bn:])),
                                              self.bn_variables + self.variables)
         self._bn_only = self._compile(lambda xp, arrays: (_bn_values_of(xp, arrays), None), self.bn_variables)
+        self._checksums_only: Any = None
         self._values: Any = None
 
     def values(self) -> list[np.ndarray]:
@@ -123,6 +125,13 @@ class StateReader:
         one float32 vector (None without BatchNorm; ``summarize`` makes the ``bn_columns`` of it), and
         one 32-bit checksum per variable (None unless ``with_checksums``)."""
         return (self._with_checksums if with_checksums else self._bn_only)()
+
+    def read_checksums(self) -> Any:
+        """One 32-bit checksum per variable, as a device array (dispatched, not waited for), from one
+        compiled call (compiled at the first)."""
+        if self._checksums_only is None:
+            self._checksums_only = self._compile(lambda xp, arrays: _checksums_of(xp, arrays), self.variables)
+        return self._checksums_only()
 
     def summarize(self, values: np.ndarray) -> np.ndarray:
         """``mean, std, min, max`` of every BatchNorm variable, in ``bn_columns`` order, for each row of
@@ -203,16 +212,23 @@ class TrainStepRecorder:
     ``train_function`` is a copy of the model's train function whose step, before the model's own
     ``train_step``, writes one row into a ring buffer on the device: the state the previous step left
     (with whatever a callback changed between the two steps, as a read before the next step would see
-    it): the BatchNorm moving statistics (as ``StateReader.read``), every variable's checksum when due, and
-    whether they were taken. Checksums are due at the fit's first step and at global steps divisible by
-    the cadence, which lives in a device variable: changing it retraces nothing. The callback swaps the
-    function in for a fit (``model.train_function``, which Keras calls at every step) and ``drain``
-    brings the rows to the host in one transfer; the state the last step left is read at the end of
-    each epoch. Every step of a ``steps_per_execution`` block gets its row.
+    it): the BatchNorm moving statistics (as ``StateReader.read``). The callback swaps the function in
+    for a fit (``model.train_function``, which Keras calls at every step) and ``drain`` brings the rows
+    to the host in one transfer; the state the last step left is read at the end of each epoch.
+
+    Checksums: with ``steps_per_execution`` 1, the training thread reads them between steps, on the
+    checksum cadence (``StateReader.read_checksums``), and the step writes none
+    (``checksums_in_step`` is False). A branch on the cadence inside the step would cost every step:
+    the executor visits each op of the branch not taken, about 0.3 ms a step for the small CNN of
+    ``benchmarks/callback_overhead.py``, 3 % of its step. Inside a ``steps_per_execution`` block no
+    hook runs between steps, so there the step writes every variable's checksum when due (the fit's
+    first step and global steps divisible by the cadence, which lives in a device variable: changing
+    it retraces nothing), and whether they were taken.
 
     Built once per model; its first call traces the train step as Keras's own function would (the
     original one is then never traced in that fit). Only for models whose variables exist before
-    training, without a distribution strategy and without XLA (``jit_compile``): see ``supported``.
+    training, without a distribution strategy and without XLA (``jit_compile``), with something to
+    write: see ``supported``.
 
     Args:
         model: the compiled Keras model, its train function made (``fit`` does that before
@@ -224,6 +240,8 @@ class TrainStepRecorder:
     Attributes:
         drained: the steps of the fit whose rows were brought to the host.
         steps_run: the steps of the fit run so far, as of the last ``drain``.
+        checksums_in_step: whether the step writes the checksums (``steps_per_execution`` > 1).
+        checksum_seconds: with ``checksums_in_step``, the estimated cost of one step's checksums.
     """
 
     def __init__(self, model: Any, reader: StateReader, capacity_steps: int = 64) -> None:
@@ -235,6 +253,7 @@ class TrainStepRecorder:
         self.steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self.capacity = capacity_steps * self.steps_per_execution
         self.n_bn, self.n_variables = sum(reader.bn_sizes), len(reader.variables)
+        self.checksums_in_step = self.steps_per_execution > 1
         with tf.init_scope():
             self._bn_rows = tf.Variable(tf.zeros((self.capacity, self.n_bn), tf.float32), trainable=False,
                                         name="layerprint_bn_rows")
@@ -245,20 +264,27 @@ class TrainStepRecorder:
             self._every = tf.Variable(1, dtype=tf.int64, trainable=False, name="layerprint_checksum_every")
         self.drained = 0
         self.steps_run = 0
-        self.checksum_seconds = reader.checksum_seconds()
+        if self.checksums_in_step:
+            self.checksum_seconds = reader.checksum_seconds()
+        else:
+            self.checksum_seconds = 0.0
+            reader.read_checksums()  # compiled now, not at the fit's first checksum
         self.train_function = self._make_train_function()
 
     @staticmethod
-    def supported(model: Any) -> bool:
-        """Whether the train step of ``model`` can record itself: TensorFlow, no distribution strategy,
-        no XLA, a train function made."""
+    def supported(model: Any, reader: StateReader) -> bool:
+        """Whether the train step of ``model`` can record itself and has something to write: TensorFlow,
+        no distribution strategy, no XLA, a train function made; BatchNorm statistics, or
+        ``steps_per_execution`` blocks (their checksums)."""
         import keras
 
         if keras.backend.backend() != "tensorflow" or getattr(model, "train_function", None) is None:
             return False
         import tensorflow as tf
 
-        return not tf.distribute.has_strategy() and not getattr(model, "jit_compile", False)
+        if tf.distribute.has_strategy() or getattr(model, "jit_compile", False):
+            return False
+        return bool(reader.bn_variables) or int(getattr(model, "steps_per_execution", 1) or 1) > 1
 
     def matches(self, model: Any, reader: StateReader) -> bool:
         """Whether this recorder still fits ``model`` (same train function, reader and cadence block)."""
@@ -290,8 +316,10 @@ class TrainStepRecorder:
         indexes = np.arange(max(self.drained, end - self.capacity + 1, 0), max(end, 0))
         self.drained = max(self.drained, end)
         slots = indexes % self.capacity
-        rows = self._rows.numpy()[slots]
         batchnorm = self._bn_rows.numpy()[slots] if self.n_bn else np.zeros((len(slots), 0), np.float32)
+        if not self.checksums_in_step:
+            return indexes, batchnorm, np.zeros(len(slots), bool), np.zeros((0, self.n_variables), np.int64)
+        rows = self._rows.numpy()[slots]
         checksummed = rows[:, -1] > 0
         return indexes, batchnorm, checksummed, rows[checksummed, : self.n_variables].astype(np.int64)
 
@@ -327,6 +355,9 @@ class TrainStepRecorder:
         if self.n_bn:  # the raw values: a summary on the device would cost more ops than the copy
             bn = _bn_values_of(tf, [v.value for v in self.reader.bn_variables])
             self._bn_rows.scatter_nd_update(slot, tf.expand_dims(bn, 0))
+        if not self.checksums_in_step:
+            self._count.assign_add(1)
+            return
         due = tf.logical_or(tf.equal(index, 0), tf.equal((self._first_step + index) % self._every, 0))
         variables = [v.value for v in self.reader.variables]
         checksums = tf.cond(due, lambda: tf.cast(_checksums_of(tf, variables), tf.float64),

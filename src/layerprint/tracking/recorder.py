@@ -3,8 +3,9 @@
 Two sources of the state after each step:
 
 - TensorFlow (no distribution strategy, no XLA, variables built before training): the compiled train
-  step writes it itself (``inspection.state.TrainStepRecorder``); the training thread does nothing per
-  step and brings the rows to the host every ``DRAIN_EVERY`` calls of the train function.
+  step writes the BatchNorm statistics itself (``inspection.state.TrainStepRecorder``), and the checksums
+  too inside ``steps_per_execution`` blocks; the training thread dispatches only the checksums due on
+  the cadence and brings the rows to the host every ``DRAIN_EVERY`` calls of the train function.
 - Elsewhere (JAX, PyTorch, a strategy, XLA, a model built inside its first step): ``read`` dispatches
   one compiled read (``inspection.state.StateReader``) before the next step changes the state, without
   waiting; the reads are brought to the host together every ``DRAIN_EVERY`` steps.
@@ -29,7 +30,9 @@ class FlightRecorder:
 
     The checksum cadence is 1 unless one checksum read costs more than a quarter of the budget per
     step; then it is the smallest power of two that fits (so two runs always share checksum steps),
-    fixed for the run. The publishing cadence is the smallest power of two under what is left of the
+    fixed for the run. It is chosen after the fit's fourth step, or after its second when the cost of a
+    read is known from an earlier fit of the model (``prior_checksum_seconds``), so that fewer steps
+    are read at cadence 1. The publishing cadence is the smallest power of two under what is left of the
     budget, from the measured cost of recording and of the sink's sends.
 
     The recorder is given its sources (the tracking layer never imports the inspection layer).
@@ -47,12 +50,15 @@ class FlightRecorder:
         first_step: the fit's first global step.
         sink_stats: returns the sink's ``SinkStats`` (its send time and points sent), or None.
         checksum_every: a fixed checksum cadence instead of the measured one.
+        prior_checksum_seconds: the cost of one checksum read measured in an earlier fit of the model
+            (``checksum_seconds``), or None.
     """
 
     def __init__(self, reader: Any, step_recorder: Any,
                  checksum_columns: list[str], record: StepRecord,
                  publish: Callable[[dict[str, float], int, int], None], budget: float, forced_every: int | None,
-                 first_step: int, sink_stats: Callable[[], Any], checksum_every: int | None = None) -> None:
+                 first_step: int, sink_stats: Callable[[], Any], checksum_every: int | None = None,
+                 prior_checksum_seconds: float | None = None) -> None:
         self.reader, self.step_recorder = reader, step_recorder
         self.checksum_columns, self.record = checksum_columns, record
         self.publish, self.budget, self.forced_every = publish, budget, forced_every
@@ -68,13 +74,24 @@ class FlightRecorder:
         self._seconds = 0.0
         self._seconds_lock = threading.Lock()
         self._snapshot_times: list[float] = []
-        self._checksum_costs: list[float] = []
+        self._checksum_costs: list[float] = []  # measured on the training thread in this fit
+        self._prior_costs: list[float] = []
+        self._snapshots_to_choose = 4
+        if prior_checksum_seconds is not None:
+            self._prior_costs, self._snapshots_to_choose = [prior_checksum_seconds] * 3, 2
         if checksum_every is not None:
             record.checksum_every = checksum_every
         self._cadence_fixed = checksum_every is not None or record.checksum_every > 1
         if step_recorder is not None:
-            self._checksum_costs = [step_recorder.checksum_seconds] * 3
+            if step_recorder.checksums_in_step:
+                self._prior_costs, self._snapshots_to_choose = [step_recorder.checksum_seconds] * 3, 4
             step_recorder.start(first_step, record.checksum_every)
+
+    @property
+    def checksum_seconds(self) -> float | None:
+        """The median cost of the checksum reads this fit measured on the training thread (None when it
+        measured none: a fixed cadence, or checksums written by the train step)."""
+        return float(np.median(self._checksum_costs)) if self._checksum_costs else None
 
     def add_seconds(self, seconds: float) -> None:
         """Count time the callback spent (any thread) against the budget."""
@@ -94,11 +111,26 @@ class FlightRecorder:
         return True
 
     def read(self, step: int, final: bool) -> None:
-        """Dispatch the device reads of the state after ``step``, unless the train step records itself."""
+        """Dispatch the device reads of the state after ``step`` that the train step does not record."""
         if self.step_recorder is None:
             self._read(step, final)
+        elif not self.step_recorder.checksums_in_step:
+            if not final:  # the final state is read with the last rows (``file_reads``)
+                self._read(step, final=False)
         elif not self._cadence_fixed:
             self._choose_checksum_cadence()
+
+    def unchanged_since(self, step: int) -> bool:
+        """Whether every variable's checksum now (one compiled read) equals the one recorded at ``step``."""
+        if self.reader is None or not self.checksum_columns:
+            return False
+        recorded = self.record.checksum_row(step, self.checksum_columns)
+        if recorded is None:
+            return False
+        started = time.perf_counter()
+        now = self.reader.to_host([self.reader.read_checksums()])[0]
+        self.add_seconds(time.perf_counter() - started)
+        return bool(np.array_equal(now, recorded))
 
     def drop_state(self) -> None:
         """Record and publish the logs only, from now on (the state's reader failed)."""
@@ -109,7 +141,7 @@ class FlightRecorder:
     def reads_each_step(self) -> bool:
         """Whether ``read`` has work at every step (not once the train step records itself on a fixed
         checksum cadence)."""
-        return self.step_recorder is None or not self._cadence_fixed
+        return self.step_recorder is None or not self.step_recorder.checksums_in_step or not self._cadence_fixed
 
     @property
     def due(self) -> bool:
@@ -162,13 +194,20 @@ class FlightRecorder:
         self.add_seconds(time.perf_counter() - started)
 
     def _read(self, step: int, final: bool) -> None:
-        """Dispatch the device reads of the state after ``step`` (checksums always when ``final``)."""
+        """Dispatch the device reads of the state after ``step`` (checksums always when ``final``); with a
+        recording train step, only the checksums, and only when due."""
         if self.reader is None:
             return
-        started = time.perf_counter()
         every = self.record.checksum_every
         with_checksums = final or step == self.first_step or step % every == 0
-        batchnorm, checksums = self.reader.read(with_checksums)
+        batchnorm_in_step = self.step_recorder is not None and not final
+        if not with_checksums and (batchnorm_in_step or not self.reader.bn_variables):
+            return  # nothing to read at this step
+        started = time.perf_counter()
+        if batchnorm_in_step:
+            batchnorm, checksums = None, self.reader.read_checksums()
+        else:
+            batchnorm, checksums = self.reader.read(with_checksums)
         if with_checksums and not final:
             self._checksum_costs.append(time.perf_counter() - started)
             self._choose_checksum_cadence()
@@ -189,12 +228,13 @@ class FlightRecorder:
             self.step_recorder.skip_last()
 
     def _choose_checksum_cadence(self) -> None:
-        if self._cadence_fixed or len(self._checksum_costs) < 3 or len(self._snapshot_times) < 4:
+        costs = self._prior_costs + self._checksum_costs
+        if self._cadence_fixed or len(costs) < 3 or len(self._snapshot_times) < self._snapshots_to_choose:
             return
         step_seconds = float(np.median(np.diff(self._snapshot_times)))
         if self.step_recorder is not None:
             step_seconds /= self.step_recorder.steps_per_execution
-        cost = float(np.median(self._checksum_costs))
+        cost = float(np.median(costs))
         every = 1
         while cost / (every * step_seconds) > self.budget / 4 and every < 2**16:
             every *= 2
