@@ -31,11 +31,13 @@ train step (layerprint's recording copy of it included) and layerprint's one-tim
 reader (printed separately) stay out of the timed fits.
 
 Run: ``.venv/bin/python benchmarks/callback_overhead.py [--models cnn mobilenetv2 ...] [--rounds N]
-[--device cpu|gpu] [--input dataset|numpy]``. With ``--device gpu`` the fits run on the first GPU of the Keras backend that
+[--device cpu|gpu] [--input dataset|numpy] [--hooks]``. ``--hooks`` adds, per fit, the time spent inside
+each of layerprint's Keras hooks (on whichever thread Keras calls it), to see where its cost goes. With ``--device gpu`` the fits run on the first GPU of the Keras backend that
 ``KERAS_BACKEND`` selects (TensorBoard needs TensorFlow and is skipped on other backends).
 """
 
 import argparse
+import collections
 import importlib.util
 import os
 import statistics
@@ -47,6 +49,8 @@ PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
 PARSER.add_argument("--rounds", type=int, default=7)
 PARSER.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+PARSER.add_argument("--hooks", action="store_true",
+                    help="also print the time layerprint spent in each Keras hook, per fit (median over rounds)")
 PARSER.add_argument("--input", choices=["dataset", "numpy"], default="dataset",
                     help="dataset (default, with TensorFlow): a fixed tf.data pipeline; numpy: Keras's own")
 ARGS = PARSER.parse_args()  # before Keras is imported: --device cpu hides the GPUs
@@ -81,11 +85,35 @@ def build(name: str, size: int) -> keras.Model:
     return model
 
 
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_epoch_end",
+         "on_train_end")
+
+
+class TimedLayerprintCallback(LayerprintCallback):
+    """``LayerprintCallback`` that adds the seconds spent in each of its hooks to ``seconds`` (``--hooks``)."""
+
+    seconds: collections.Counter = collections.Counter()
+
+
+def _timed(hook: str):
+    def timed(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return getattr(LayerprintCallback, hook)(self, *args, **kwargs)
+        finally:
+            self.seconds[hook] += time.perf_counter() - started
+    return timed
+
+
+for _hook in HOOKS:
+    setattr(TimedLayerprintCallback, _hook, _timed(_hook))
+
+
 def configurations() -> dict:
+    layerprint = TimedLayerprintCallback if ARGS.hooks else LayerprintCallback
     configs = {
         "baseline": lambda tmp: [],
-        "layerprint": lambda tmp: [LayerprintCallback(tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                                                      experiment_name="bench")],
+        "layerprint": lambda tmp: [layerprint(tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment_name="bench")],
         "MlflowCallback every step": lambda tmp: [mlflow.keras.MlflowCallback(log_every_epoch=False, log_every_n_steps=1)],
     }
     if keras.backend.backend() == "tensorflow":
@@ -159,6 +187,7 @@ def main() -> None:
         times = {label: [] for label in configs}
         cpu = {label: [] for label in configs}
         after = []  # seconds the layerprint run took to finish after fit returned
+        hook_seconds = collections.defaultdict(list)  # hook -> seconds in it, per timed fit (--hooks)
         cadence = None
         stores = {label: tempfile.TemporaryDirectory() for label in configs}  # one store per configuration,
         for label, make in configs.items():  # created here: warm-up, Keras traces the train step
@@ -171,8 +200,12 @@ def main() -> None:
             for label in labels[shift:] + labels[:shift]:
                 make = configs[label]
                 tmp = stores[label].name
+                TimedLayerprintCallback.seconds.clear()
                 fit_seconds, cpu_seconds, after_seconds = timed_fit(model, make(tmp), inputs, tmp,
                                                                     label.startswith("Mlflow"))
+                if label == "layerprint" and ARGS.hooks:
+                    for hook in HOOKS:
+                        hook_seconds[hook].append(TimedLayerprintCallback.seconds[hook])
                 times[label].append(fit_seconds)
                 cpu[label].append(cpu_seconds)
                 if label == "layerprint":
@@ -194,6 +227,9 @@ def main() -> None:
         print(f"  layerprint: every step in steps.parquet; checksum_every={cadence[0]}, "
               f"MLflow publish_every={cadence[1]} (last round); the run finished "
               f"{statistics.median(after):.3f} s after fit returned (median, in the background)")
+        if ARGS.hooks:
+            print("  layerprint's hooks, per fit (median over rounds): " + ", ".join(
+                f"{hook[3:]} {statistics.median(values) * 1e3:.1f} ms" for hook, values in hook_seconds.items()))
 
 
 if __name__ == "__main__":

@@ -200,66 +200,108 @@ def test_mirrored_strategy_on_two_logical_cpus(sqlite_uri, client):
 
 
 _JAX = """
-import json, os, sys
+import json, logging, os, sys
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import keras, mlflow, numpy as np
 from mlflow.tracking import MlflowClient
-from layerprint import LayerprintCallback
+from layerprint import LayerprintCallback, keys
+from layerprint.inspection import train_step
+from layerprint.inspection.paths import unique_variables, variable_paths
+from layerprint.inspection.state import checksum_numpy
 from layerprint.tracking.steps import read_steps
 mlflow.set_tracking_uri(sys.argv[1])
-x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+client = MlflowClient(sys.argv[1])
+x = np.random.default_rng(0).normal(size=(48, 4)).astype("float32")
 
-def model():
+def model(steps_per_execution=1):
     keras.utils.set_random_seed(5)
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn"),
                           keras.layers.Dense(1)])
-    m.compile("adam", "mse")
+    m.compile("adam", "mse", steps_per_execution=steps_per_execution)
     return m
 
 class Truth(keras.callbacks.Callback):
     # The reference: reading `self.model` syncs the trained state into the variables, then reads them.
     def __init__(self):
         super().__init__()
-        self.means = []
+        self.means, self.checksums = [], []
     def on_train_batch_end(self, batch, logs=None):
         self.means.append(float(np.mean(self.model.get_layer("bn").moving_mean.numpy())))
+        self.checksums.append([checksum_numpy(np.asarray(v.numpy())) for v in unique_variables(self.model)])
 
-recorded_model = model()
-syncs = []
-original_sync = recorded_model.jax_state_sync
-def counted_sync():
-    if getattr(recorded_model, "_jax_state", None) and not recorded_model._jax_state_synced:
-        syncs.append(1)  # a real copy of the trainer's state into the variables
-    return original_sync()
-recorded_model.jax_state_sync = counted_sync
-recorded_model.fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[LayerprintCallback()])
+def record(run_id):
+    return read_steps(client.download_artifacts(run_id, "layerprint/steps.parquet"))
+
+def recorded_fit(steps_per_execution, experiment):
+    recorded_model = model(steps_per_execution)
+    syncs = []
+    original_sync = recorded_model.jax_state_sync
+    def counted_sync():
+        if getattr(recorded_model, "_jax_state", None) and not recorded_model._jax_state_synced:
+            syncs.append(1)  # a real copy of the trainer's state into the variables
+        return original_sync()
+    recorded_model.jax_state_sync = counted_sync
+    callback = LayerprintCallback(checksum_every=1, experiment_name=experiment)
+    recorded_model.fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[callback])
+    callback.wait()
+    steps = record(callback._active_run_id)
+    paths = variable_paths(recorded_model)
+    names = [keys.checksum_key(paths[id(v)])[len(keys.CHECKSUM_PREFIX):] for v in unique_variables(recorded_model)]
+    _, checksums = steps.checksums()
+    return {"recorder": type(callback._recorder.step_recorder).__name__,
+            "own_function_back": recorded_model.train_function is callback._recorder.step_recorder.base_function,
+            "means": list(steps.series("bn/bn/moving_mean/mean").values()),
+            "checksums": [[int(checksums[name][i]) for name in names] for i in range(len(steps.columns["step"]))],
+            "syncs": len(syncs), "status": client.get_run(callback._active_run_id).info.status}
+
 truth = Truth()
 model().fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[truth])
-client = MlflowClient(sys.argv[1])
-(run,) = client.search_runs(["0"])
-steps = read_steps(client.download_artifacts(run.info.run_id, "layerprint/steps.parquet"))
-print(json.dumps({"backend": keras.backend.backend(), "recorded": list(steps.series("bn/bn/moving_mean/mean").values()),
-                  "truth": truth.means, "syncs": len(syncs), "status": run.info.status}))
+fits = {str(n): recorded_fit(n, f"spe{n}") for n in (1, 3)}
+
+# A recording step that cannot be compiled: the model's own step trains on, one warning, the tag.
+def _broken(*args):
+    raise RuntimeError("injected: cannot record")
+train_step.bn_values_of = _broken
+warnings = []
+logging.getLogger("layerprint").addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(r.getMessage())})())
+broken = LayerprintCallback(experiment_name="broken")
+history = model().fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[broken])
+broken.wait()
+run = client.get_run(broken._active_run_id)
+print(json.dumps({"backend": keras.backend.backend(), "truth_means": truth.means, "truth_checksums": truth.checksums,
+                  "fits": fits, "broken": {"epochs": history.epoch, "status": run.info.status,
+                  "tag": run.data.tags.get(keys.TAG_CALLBACK_ERROR), "losses": len(record(run.info.run_id).series("train/loss")),
+                  "warnings": [w for w in warnings if "failed, training goes on" in w]}}))
 """
 
 
 @pytest.mark.slow
 def test_jax_backend_records_the_trained_state_without_a_sync_at_every_step(sqlite_uri, client):
     # On JAX, Keras keeps the trained state in the trainer during an epoch (the variables are even
-    # purged); reading `Callback.model` would copy it all back at every step. The recorder reads the
-    # trainer's state instead: its per-step values must equal what a syncing reader sees, with no sync
-    # per step. `make test` installs JAX into <venv>/jax-site, away from TensorFlow (see the Makefile).
+    # purged); reading `Callback.model` would copy it all back at every step. The train step records the
+    # state it returns instead: its per-step values (BatchNorm and every checksum, inside
+    # steps_per_execution blocks too) must equal what a syncing reader sees, with no sync per step.
+    # `make test` installs JAX into <venv>/jax-site, away from TensorFlow (see the Makefile).
     jax_site = Path(sys.prefix) / "jax-site"
     assert importlib.util.find_spec("jax") or jax_site.is_dir(), f"JAX is needed: `make test` installs it into {jax_site}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(jax_site), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", _JAX, sqlite_uri], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "jax" and result["status"] == "FINISHED"
-    assert len(result["recorded"]) == 8 and len(set(result["recorded"])) == 8  # every step, each its own value
-    assert result["recorded"] == pytest.approx(result["truth"], rel=1e-6, abs=1e-9)
-    assert result["syncs"] <= 2 * 2  # at most a couple per epoch (epoch-end work), never one per step
+    assert result["backend"] == "jax"
+    truth_means, truth_checksums = result["truth_means"], result["truth_checksums"]
+    assert len(truth_means) == 12 and len(set(truth_means)) == 12  # every step, each its own value
+    for steps_per_execution, fit in result["fits"].items():
+        assert fit["recorder"] == "JaxTrainStepRecorder" and fit["own_function_back"], steps_per_execution
+        assert fit["status"] == "FINISHED"
+        assert fit["means"] == pytest.approx(truth_means, rel=1e-6, abs=1e-9), steps_per_execution
+        assert fit["checksums"] == truth_checksums, steps_per_execution  # bit for bit, every step
+        assert fit["syncs"] <= 2 * 2  # at most a couple per epoch (epoch-end work), never one per step
+    broken = result["broken"]
+    assert broken["epochs"] == [0, 1] and broken["status"] == "FINISHED" and broken["losses"] == 12
+    assert broken["tag"] == "recorder: RuntimeError: injected: cannot record"
+    assert len(broken["warnings"]) == 1, broken["warnings"]
 
 
 def _fine_tuning_model():

@@ -14,7 +14,8 @@ import pytest
 from helpers.logged import artifact_json
 from layerprint import LayerprintCallback, keys
 from layerprint import callback as callback_module
-from layerprint.inspection.state import StateReader, TrainStepRecorder
+from layerprint.inspection.state import StateReader
+from layerprint.inspection.train_step import TrainStepRecorder
 from layerprint.tracking.steps import StepRecord
 from layerprint.tracking.sink import RunSink
 

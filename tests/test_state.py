@@ -90,7 +90,7 @@ def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution
     """On TensorFlow the compiled train step writes the state each step left; every step's row equals the
     host's reading of that state (checksums bit for bit), the model keeps its own train function."""
     from layerprint import LayerprintCallback
-    from layerprint.inspection.state import TrainStepRecorder
+    from layerprint.inspection.train_step import TrainStepRecorder
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.BatchNormalization(name="bn"),

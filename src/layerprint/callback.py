@@ -26,7 +26,8 @@ from layerprint.inspection.batchnorm import find_batchnorm_layers, moving_statis
 from layerprint.inspection.fingerprint import exact_hash, fingerprint_arrays, l2_norm
 from layerprint.inspection.paths import owning_layer_path, unique_variables, variable_paths
 from layerprint.inspection.sharing import sharing_report, symmetry_warning
-from layerprint.inspection.state import StateReader, TrainStepRecorder
+from layerprint.inspection.state import StateReader
+from layerprint.inspection.train_step import recorder_type
 from layerprint.errors import first_line
 from layerprint.tracking.recorder import FlightRecorder
 from layerprint.tracking.redact import redact, strip_credentials
@@ -85,7 +86,7 @@ _READERS: "weakref.WeakKeyDictionary[Any, StateReader]" = weakref.WeakKeyDiction
 # The cost of one checksum read each model's last fit measured: the next fit chooses its cadence sooner.
 _CHECKSUM_SECONDS: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
 # Model -> its recording train function (traced at its first call, then reused by later fits).
-_STEP_RECORDERS: "weakref.WeakKeyDictionary[Any, TrainStepRecorder]" = weakref.WeakKeyDictionary()
+_STEP_RECORDERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 # Run id -> progress of the fits this process logged into it (the store is asked when it is not here).
 _PROGRESS: dict[str, RunProgress] = {}
 # Callbacks whose run is still open, or still being finished in the background: a fit that raised never
@@ -234,7 +235,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._non_finite_step: int | None = None
         self._bn_layers: list[tuple[str, Any]] = []
         self._recorder: FlightRecorder | None = None
-        self._swapped: TrainStepRecorder | None = None  # whose train function the model runs in this fit
+        self._swapped: Any = None  # the step recorder whose train function the model runs in this fit
         self._current_epoch = 0
         self._unfiled_logs: collections.deque[tuple[int, int, float, Any]] = collections.deque()
         self._step_keys: dict[str, str] = {}
@@ -793,15 +794,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         """The fit's recorder; without a working state reader it still files and publishes the logs.
 
         Args:
-            in_step: let the train step record itself when it can (see ``TrainStepRecorder``); not for
+            in_step: let the train step record itself when it can (``inspection.train_step``); not for
                 a model captured inside its first step.
         """
         model = self._model  # not `self.model`: on JAX that would copy the trained state back every time
         variables = unique_variables(model)
         reader = self._guard(PART_RECORDER, self._state_reader, model, variables)
         step_recorder = None
-        if reader is not None and in_step and TrainStepRecorder.supported(model, reader):
-            step_recorder = self._guard(PART_RECORDER, self._step_recorder, model, reader)
+        kind = self._guard(PART_RECORDER, recorder_type, model, reader) if reader is not None and in_step else None
+        if kind is not None:
+            step_recorder = self._guard(PART_RECORDER, self._step_recorder, model, reader, kind)
         paths = variable_paths(model)
         recorder = FlightRecorder(reader, step_recorder, [keys.checksum_key(paths[id(v)]) for v in variables],
                                   self._progress.record, self._log_timed, self.overhead_budget,
@@ -815,10 +817,10 @@ class LayerprintCallback(keras.callbacks.Callback):
         return recorder
 
     @staticmethod
-    def _step_recorder(model: Any, reader: StateReader) -> TrainStepRecorder:
+    def _step_recorder(model: Any, reader: StateReader, kind: type) -> Any:
         recorder = _STEP_RECORDERS.get(model)
-        if recorder is None or not recorder.matches(model, reader):
-            recorder = _STEP_RECORDERS[model] = TrainStepRecorder(model, reader)
+        if not isinstance(recorder, kind) or not recorder.matches(model, reader):
+            recorder = _STEP_RECORDERS[model] = kind(model, reader)
         return recorder
 
     def _restore_train_function(self) -> None:

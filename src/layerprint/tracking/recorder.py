@@ -2,13 +2,15 @@
 
 Two sources of the state after each step:
 
-- TensorFlow (no distribution strategy, no XLA, variables built before training): the compiled train
-  step writes the BatchNorm statistics itself (``inspection.state.TrainStepRecorder``), and the checksums
-  too inside ``steps_per_execution`` blocks; the training thread dispatches only the checksums due on
-  the cadence and brings the rows to the host every ``DRAIN_EVERY`` calls of the train function.
-- Elsewhere (JAX, PyTorch, a strategy, XLA, a model built inside its first step): ``read`` dispatches
-  one compiled read (``inspection.state.StateReader``) before the next step changes the state, without
-  waiting; the reads are brought to the host together every ``DRAIN_EVERY`` steps.
+- A train step that records itself (``inspection.train_step``): on TensorFlow (no distribution strategy,
+  no XLA, variables built before training) the compiled step writes the BatchNorm statistics, and the
+  checksums too inside ``steps_per_execution`` blocks, while the training thread dispatches the checksums
+  due on the cadence; on JAX (compiled, no distribution) the step returns the BatchNorm statistics and its
+  train function dispatches the checksums when due. The training thread brings the rows to the host
+  every ``DRAIN_EVERY`` calls of the train function.
+- Elsewhere (PyTorch, a strategy, XLA on TensorFlow, a model built inside its first step): ``read``
+  dispatches one compiled read (``inspection.state.StateReader``) before the next step changes the
+  state, without waiting; the reads are brought to the host together every ``DRAIN_EVERY`` steps.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class FlightRecorder:
     Args:
         reader: the device-side reader of the model's state, an ``inspection.state.StateReader``
             (None: only the logs are recorded).
-        step_recorder: the recording train step, an ``inspection.state.TrainStepRecorder``, when the
-            model's train step records itself.
+        step_recorder: the recording train step (``inspection.train_step``), when the model's train
+            step records itself.
         checksum_columns: the record's column of each variable the reader checksums, in its order.
         record: the run's record.
         publish: ``publish(points, step, timestamp_ms)`` sends MLflow metrics.
@@ -154,6 +156,13 @@ class FlightRecorder:
         Args:
             final: at an epoch's or the fit's end: the last step gets its checksums even off the cadence.
         """
+        # The backend dispatches steps ahead of the device (JAX, a GPU): waiting for them to run is the
+        # fit's own time, which it spends at its end anyway, not counted against the budget; the transfer
+        # and the filing are.
+        if self.step_recorder is not None:
+            self.step_recorder.wait()
+        elif self.reader is not None:
+            self.reader.wait([entry[1:] for entry in self._pending])
         started = time.perf_counter()
         self._marks_since_drain = 0
         if self.step_recorder is not None:
