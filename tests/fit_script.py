@@ -29,7 +29,7 @@ class Pace(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         with open(self.run_id_file + ".tmp", "w") as handle:
-            handle.write(self.lp.sink.run_id)
+            handle.write(self.lp.active_run_id)
         os.replace(self.run_id_file + ".tmp", self.run_id_file)
 
     def on_train_batch_end(self, batch, logs=None):

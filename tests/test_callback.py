@@ -245,7 +245,7 @@ def recorded_fit(steps_per_execution, experiment):
     callback = LayerprintCallback(checksum_every=1, experiment_name=experiment)
     recorded_model.fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[callback])
     callback.wait()
-    steps = record(callback._active_run_id)
+    steps = record(callback.active_run_id)
     paths = variable_paths(recorded_model)
     names = [keys.checksum_key(paths[id(v)])[len(keys.CHECKSUM_PREFIX):] for v in unique_variables(recorded_model)]
     _, checksums = steps.checksums()
@@ -253,7 +253,7 @@ def recorded_fit(steps_per_execution, experiment):
             "own_function_back": recorded_model.train_function is callback._recorder.step_recorder.base_function,
             "means": list(steps.series("bn/bn/moving_mean/mean").values()),
             "checksums": [[int(checksums[name][i]) for name in names] for i in range(len(steps.columns["step"]))],
-            "syncs": len(syncs), "status": client.get_run(callback._active_run_id).info.status}
+            "syncs": len(syncs), "status": client.get_run(callback.active_run_id).info.status}
 
 truth = Truth()
 model().fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[truth])
@@ -268,7 +268,7 @@ logging.getLogger("layerprint").addHandler(type("H", (logging.Handler,), {"emit"
 broken = LayerprintCallback(experiment_name="broken")
 history = model().fit(x, x.sum(1), epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[broken])
 broken.wait()
-run = client.get_run(broken._active_run_id)
+run = client.get_run(broken.active_run_id)
 print(json.dumps({"backend": keras.backend.backend(), "truth_means": truth.means, "truth_checksums": truth.checksums,
                   "fits": fits, "broken": {"epochs": history.epoch, "status": run.info.status,
                   "tag": run.data.tags.get(keys.TAG_CALLBACK_ERROR), "losses": len(record(run.info.run_id).series("train/loss")),

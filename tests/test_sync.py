@@ -1,5 +1,7 @@
 """The spool mechanism: an unreachable store never stops training; `layerprint sync` sends it once."""
 
+import json
+
 import keras
 import numpy as np
 from helpers.processes import free_port, run_cli
@@ -77,3 +79,37 @@ def test_sync_sends_the_spool_of_its_store_lists_the_others_and_drops_on_request
     assert dropped.returncode == 0 and f"dropped {there} (3 point(s)" in dropped.stdout
     assert "0 spooled run(s)" in run_cli(["layerprint", "sync", "--list"], tmp_path, env=env).stdout
     assert not list((tmp_path / "spool").iterdir())
+
+
+def test_a_store_that_does_not_answer_never_holds_up_training(tmp_path, monkeypatch):
+    """The callback's own run is created by its sink's thread: with a server that accepts connections and
+    never answers, the first step runs before the run exists; the run then goes to the spool."""
+    import socket
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections wait in the backlog, unanswered
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    cb = LayerprintCallback(tracking_uri=f"http://127.0.0.1:{silent.getsockname()[1]}", experiment_name="silent",
+                            flush_timeout=15, log_every_n_steps=1)
+    seen = []
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not seen:
+                seen.append(cb.sink.run_id)
+
+    try:
+        model.fit(x, x.sum(1), epochs=2, batch_size=8, verbose=0, callbacks=[cb, FirstStep()])
+        assert seen == [None]  # training went on while the run was being created
+        assert cb.active_run_id.startswith("offline-")
+        cb.wait()
+    finally:
+        silent.close()
+    (spooled,) = (tmp_path / "spool").glob("*.jsonl")
+    kinds = [json.loads(line)["kind"] for line in spooled.read_text().splitlines()]
+    assert kinds[0] == "create_run" and kinds[-1] == "terminate" and "batch" in kinds and "artifact" in kinds

@@ -5,10 +5,12 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -31,7 +33,7 @@ from layerprint.inspection.train_step import recorder_type
 from layerprint.errors import first_line
 from layerprint.tracking.recorder import FlightRecorder
 from layerprint.tracking.redact import redact, strip_credentials
-from layerprint.tracking.sink import RunSink
+from layerprint.tracking.sink import OFFLINE_PREFIX, RunSink
 from layerprint.tracking.steps import StepRecord
 from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
 
@@ -239,8 +241,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._current_epoch = 0
         self._unfiled_logs: collections.deque[tuple[int, int, float, Any]] = collections.deque()
         self._step_keys: dict[str, str] = {}
-        self._initial_values: dict[int, np.ndarray] = {}
-        self._epoch_end_values: tuple[int, dict[int, np.ndarray] | None] = (0, None)  # (step, values)
+        self._initial_values: VariableValues | None = None
         self._trainable_ids: set[int] = set()
         self._paths: dict[int, str] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -285,6 +286,16 @@ class LayerprintCallback(keras.callbacks.Callback):
             wait_for_futures(pending, timeout)
         self._futures = [future for future in self._futures if not future.done()]
         return not self._futures
+
+    @property
+    def active_run_id(self) -> str | None:
+        """The id of the MLflow run the current (or last) fit logs into, None before the first fit. A run
+        the callback starts itself is created by its sink's thread, so that training never waits for
+        the store: this waits for it (up to ``flush_timeout`` seconds). A run that could not be created
+        has a local id, ``offline-...``, under which the spool keeps it for ``layerprint sync``."""
+        if self._active_run_id is None and self.sink is not None:
+            return self.sink.opened_run_id(self.flush_timeout)
+        return self._active_run_id
 
     @property
     def non_finite_step(self) -> int | None:
@@ -381,11 +392,10 @@ class LayerprintCallback(keras.callbacks.Callback):
             points.update(self._guard(PART_PROBE, self._probe, logged_epoch) or {})
         self._log(_sanitized(points), logged_epoch)
         values = self._guard(PART_VALUES, self._read_values)
-        self._epoch_end_values = (self._global_step, values)
         if values is not None:
             self._background(PART_DRIFT, self._log_drift, values, logged_epoch)
         if self._bn_layers:
-            self._guard(PART_BATCHNORM, self._record_batchnorm, logged_epoch, values)
+            self._record_batchnorm_of(logged_epoch, values)
         self._progress.last_step, self._progress.last_epoch = self._global_step, logged_epoch
         self._publish_progress()
 
@@ -407,9 +417,7 @@ class LayerprintCallback(keras.callbacks.Callback):
                 _CHECKSUM_SECONDS[self._model] = recorder.checksum_seconds
         self._progress.last_step = self._global_step
         self._publish_progress()
-        values = self._values_if_unchanged()
-        if values is None:
-            values = self._guard(PART_VALUES, self._read_values)
+        values = self._guard(PART_VALUES, self._read_values)
         self._end_fit("FINISHED" if self._non_finite_step is None else "FAILED", values)
 
     # tf_keras (Keras 2) asks its callbacks these before training; without them its fit would crash.
@@ -436,7 +444,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._end_fit(status, None)
         self.wait()
 
-    def _end_fit(self, status: str, values: dict[int, np.ndarray] | None) -> None:
+    def _end_fit(self, status: str, values: VariableValues | None) -> None:
         """Give the model its train function back and hand the rest of the fit's end to the background.
 
         Args:
@@ -455,8 +463,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         if not self._owns_run:  # the caller's run: it may log more, end it or read it right after fit
             self.wait()
 
-    def _finish(self, status: str, values: dict[int, np.ndarray] | None) -> None:
+    def _finish(self, status: str, final_values: VariableValues | None) -> None:
         """The end of a fit, off the training thread: final fingerprint and artifacts, then the run."""
+        values = self._guard(PART_VALUES, final_values.get) if final_values is not None else None
         if values is not None:
             self._final_fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_arrays, self._named(values))
             if self._final_fingerprint is not None:
@@ -493,6 +502,8 @@ class LayerprintCallback(keras.callbacks.Callback):
                 if self.strict:
                     raise
                 self._report(PART_SINK, error)
+        if self.sink is not None and self._active_run_id is None:  # a run of its own, created by the sink
+            self._active_run_id = self.sink.run_id
         if self._active_run_id and (not ended or PART_TAGS in self._broken):
             self._end_without_sink(status)
         if self._tmp is not None:
@@ -517,56 +528,57 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     # Run lifecycle.
     def _start_run(self) -> None:
+        """The fit's sink: into the given sink, the caller's run (``run_id``, the active run), or a run of
+        its own, which the sink's thread creates (the training thread never waits for the store)."""
+        import mlflow
+
+        active = mlflow.active_run()
         if self._given_sink is not None:
             self.sink = self._given_sink
             self._progress = _PROGRESS.setdefault(self.sink.run_id, RunProgress())
-        else:
-            uri, run_id, self._owns_run, offline = self._open_run()
+        elif self.run_id or (active is not None and not self.nested):
+            uri = resolve_tracking_uri(self.tracking_uri or mlflow.get_tracking_uri()) if self.run_id else \
+                mlflow.get_tracking_uri()
+            run_id = self.run_id or active.info.run_id
             self._uri, self._active_run_id = uri, run_id
-            self.sink = RunSink(uri, run_id, offline_run=offline, strict=self.strict)
-            if not self._owns_run:
-                self._progress = (_PROGRESS.get(run_id) or self._guard(PART_RUN, self._progress_in_store, uri, run_id)
-                                  or RunProgress())
-                _PROGRESS[run_id] = self._progress
+            self.sink = RunSink(uri, run_id, strict=self.strict)
+            self._progress = (_PROGRESS.get(run_id) or self._guard(PART_RUN, self._progress_in_store, uri, run_id)
+                              or RunProgress())
+            _PROGRESS[run_id] = self._progress
+        else:
+            self._uri, self._owns_run = resolve_tracking_uri(self.tracking_uri or _env_or_current_uri()), True
+            parent_run_id = active.info.run_id if active is not None else None
+            experiment_id = _fluent_experiment_id(active, self.experiment_name)
+            offline = {"experiment_name": self.experiment_name, "run_name": self.run_name,
+                       "parent_run_id": parent_run_id}
+            create = functools.partial(self._create_run, self._uri, experiment_id, parent_run_id)
+            if self.strict:  # errors reach the caller
+                self.sink = RunSink(self._uri, create(), strict=True)
+            else:
+                try:
+                    self.sink = RunSink(self._uri, None, offline_run=offline, open_run=create)
+                except Exception:
+                    with contextlib.suppress(Exception):  # a run to tag with the failure and end
+                        self._active_run_id = create()
+                    raise
         if self.tags:
             self.sink.set_tags(self.tags)
         if self.run_params:
             self.sink.log_params(self.run_params)
 
-    def _open_run(self) -> tuple[str, str, bool, dict[str, Any] | None]:
-        """Returns (tracking URI, run id, whether this callback owns the run, offline-run record)."""
-        import mlflow
+    def _create_run(self, uri: str, experiment_id: str | None, parent_run_id: str | None) -> str:
+        """Create the callback's own run (on the sink's thread) and return its id.
 
-        active = mlflow.active_run()
-        if self.run_id:
-            return resolve_tracking_uri(self.tracking_uri or mlflow.get_tracking_uri()), self.run_id, False, None
-        if active is not None and not self.nested:
-            return mlflow.get_tracking_uri(), active.info.run_id, False, None
-        uri = resolve_tracking_uri(self.tracking_uri or _env_or_current_uri())
-        try:
-            client = create_client(uri)
-            experiment_id = _experiment_id(client, uri, self.experiment_name, active)
-            run_tags = {}
-            if active is not None:
-                run_tags[keys.TAG_PARENT_RUN_ID] = active.info.run_id
-            run = client.create_run(experiment_id, run_name=self.run_name, tags=run_tags)
-            return uri, run.info.run_id, True, None
-        except Exception as error:  # noqa: BLE001 - the store being down must not stop training
-            if self.strict:
-                raise
-            logger.warning(
-                "layerprint: cannot create a run in %s (%s); logging to the local spool, "
-                "send it later with `layerprint sync`.",
-                strip_credentials(uri),
-                type(error).__name__,
-            )
-            offline = {
-                "experiment_name": self.experiment_name,
-                "run_name": self.run_name,
-                "parent_run_id": active.info.run_id if active is not None else None,
-                "start_time": int(time.time() * 1000),
-            }
-            return uri, "offline-" + uuid.uuid4().hex, True, offline
+        Args:
+            uri: the store.
+            experiment_id: the experiment, or None for ``experiment_name``'s (created when missing).
+            parent_run_id: the run that was active at train begin (``nested``), or None.
+        """
+        client = create_client(uri)
+        if experiment_id is None:
+            experiment_id = experiment_id_for(client, uri, self.experiment_name)
+        run_tags = {keys.TAG_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+        return client.create_run(experiment_id, run_name=self.run_name, tags=run_tags).info.run_id
 
     def _progress_in_store(self, uri: str, run_id: str) -> RunProgress:
         """What earlier fits (in another process) logged into ``run_id``, from its tags and artifacts."""
@@ -605,7 +617,7 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     def _end_without_sink(self, status: str) -> None:
         """Tag the first error and end an owned run straight through MLflow when the sink could not."""
-        if self._active_run_id.startswith("offline-"):
+        if self._active_run_id.startswith(OFFLINE_PREFIX):
             return
         try:
             from mlflow.tracking import MlflowClient
@@ -659,23 +671,28 @@ class LayerprintCallback(keras.callbacks.Callback):
         first_fit = self._fit_index == 1
         prefix = "" if first_fit else keys.LATER_FIT_DIR.format(index=self._fit_index) + "/"
         model = self.model
-        self._paths = variable_paths(model)
+        everything = model.variables  # Keras walks every layer for it: once here
+        self._paths = variable_paths(model, everything)
         self._trainable_ids = {id(v) for v in model.trainable_variables}
         self._bn_layers = self._guard(PART_BATCHNORM, find_batchnorm_layers, model) or []
-        self._recorder = self._start_recorder(in_step)
-        values = self._guard(PART_VALUES, self._read_values)
-        self._initial_values = values or {}
+        variables = unique_variables(model, everything)
+        self._recorder = self._start_recorder(in_step, variables)
+        values = self._guard(PART_VALUES, self._read_values, variables)
+        self._initial_values = values
         start_epoch = self._progress.last_epoch
         if self._bn_layers and start_epoch not in self._progress.bn_epochs:
-            self._guard(PART_BATCHNORM, self._record_batchnorm, start_epoch, values)
+            self._record_batchnorm_of(start_epoch, values)
         if values is not None:
             self._background(PART_FINGERPRINTS, self._fingerprint_start, values, init_step, prefix)
         if self.probe_batch is not None and start_epoch not in self._progress.probe_epochs:
             self._log(self._guard(PART_PROBE, self._probe, start_epoch) or {}, start_epoch)
 
-    def _fingerprint_start(self, values: dict[int, np.ndarray], init_step: int, prefix: str) -> None:
+    def _fingerprint_start(self, initial: VariableValues, init_step: int, prefix: str) -> None:
         """The initial fingerprint and ``sharing.json``, off the training thread (``prefix``: the later
         fit's folder, empty for the run's first fit, which also sets the run's init tags)."""
+        values = self._guard(PART_VALUES, initial.get)
+        if values is None:
+            return
         fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_arrays, self._named(values))
         self._initial_fingerprint = fingerprint
         records = fingerprint["variables"] if fingerprint else []
@@ -728,25 +745,23 @@ class LayerprintCallback(keras.callbacks.Callback):
             key = self._step_keys[name] = keys.sanitize_key(keys.step_key(name))
         return key
 
-    def _read_values(self) -> dict[int, np.ndarray]:
-        """Every variable's current value by ``id`` (in the model's order): one compiled read when the
-        fit's state reader covers the model, else one read per variable (0.2 ms each on TensorFlow)."""
-        variables = unique_variables(self.model)  # `self.model`: on JAX, the trained state synced first
+    def _read_values(self, variables: list[Any] | None = None) -> VariableValues:
+        """Every variable's current value (in the model's order): copies on the device from one compiled
+        call when the fit's state reader covers the model, brought to the host by the first ``get``
+        (off the training thread); else one read per variable now (0.2 ms each on TensorFlow).
+
+        Args:
+            variables: ``unique_variables`` of the model, when the caller has them (with the trained state
+                synced into the variables, which ``self.model`` does on JAX).
+        """
+        if variables is None:
+            variables = unique_variables(self.model)  # `self.model`: on JAX, the trained state synced first
         reader = self._recorder.reader if self._recorder is not None else None
         if reader is not None and reader.variable_ids == [id(v) for v in variables]:
-            return dict(zip(reader.variable_ids, reader.values()))
-        return {id(v): np.array(v.numpy()) for v in variables}
-
-    def _values_if_unchanged(self) -> dict[int, np.ndarray] | None:
-        """The values read at the last epoch end, when no step ran since and every variable's checksum
-        still equals the one recorded then (another callback may have changed the weights since, as
-        ``EarlyStopping`` restores the best ones); None otherwise. A checksum read costs a fraction of
-        reading every value again (ResNet50: about 12 ms against 150 ms)."""
-        step, values = self._epoch_end_values
-        recorder = self._recorder
-        if values is None or step != self._global_step or recorder is None:
-            return None
-        return values if self._guard(PART_RECORDER, recorder.unchanged_since, step) else None
+            snapshot = reader.snapshot()
+            return VariableValues(lambda: dict(zip(reader.variable_ids, reader.host(snapshot))))
+        values = {id(v): np.array(v.numpy()) for v in variables}
+        return VariableValues(lambda: values)
 
     def _named(self, values: dict[int, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
         """``(path, layer, values)`` triples for ``fingerprint_arrays``."""
@@ -759,16 +774,17 @@ class LayerprintCallback(keras.callbacks.Callback):
             named.append((path, owning_layer_path(path), array))
         return named
 
-    def _log_drift(self, values: dict[int, np.ndarray], epoch: int) -> None:
-        self._log(_sanitized(self._drift(values)), epoch)
+    def _log_drift(self, values: VariableValues, epoch: int) -> None:
+        self._log(_sanitized(self._drift(values.get())), epoch)
 
     def _drift(self, values: dict[int, np.ndarray]) -> dict[str, float]:
         """L2 distance of each layer's trainable variables from their values at the start of the fit,
         and of the whole model (variables created later are left out)."""
+        initial = self._initial_values.get() if self._initial_values is not None else {}
         squares: dict[str, float] = {}
         total = 0.0
         for key, current in values.items():
-            start = self._initial_values.get(key)
+            start = initial.get(key)
             if start is None or key not in self._trainable_ids:
                 continue
             delta = np.asarray(current, dtype=np.float64) - start
@@ -790,22 +806,21 @@ class LayerprintCallback(keras.callbacks.Callback):
         progress.probe_norms.append(l2_norm(output))
         return {keys.PROBE_NORM: progress.probe_norms[-1]}
 
-    def _start_recorder(self, in_step: bool) -> FlightRecorder:
+    def _start_recorder(self, in_step: bool, variables: list[Any]) -> FlightRecorder:
         """The fit's recorder; without a working state reader it still files and publishes the logs.
 
         Args:
             in_step: let the train step record itself when it can (``inspection.train_step``); not for
                 a model captured inside its first step.
+            variables: the model's variables (``unique_variables``).
         """
         model = self._model  # not `self.model`: on JAX that would copy the trained state back every time
-        variables = unique_variables(model)
         reader = self._guard(PART_RECORDER, self._state_reader, model, variables)
         step_recorder = None
         kind = self._guard(PART_RECORDER, recorder_type, model, reader) if reader is not None and in_step else None
         if kind is not None:
             step_recorder = self._guard(PART_RECORDER, self._step_recorder, model, reader, kind)
-        paths = variable_paths(model)
-        recorder = FlightRecorder(reader, step_recorder, [keys.checksum_key(paths[id(v)]) for v in variables],
+        recorder = FlightRecorder(reader, step_recorder, [keys.checksum_key(self._paths[id(v)]) for v in variables],
                                   self._progress.record, self._log_timed, self.overhead_budget,
                                   self.log_every_n_steps, first_step=self._step_base + 1,
                                   sink_stats=lambda: getattr(self.sink, "stats", None),
@@ -854,8 +869,16 @@ class LayerprintCallback(keras.callbacks.Callback):
         if self.sink is not None and points:
             self._guard(PART_SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
-    def _record_batchnorm(self, epoch: int, values: dict[int, np.ndarray] | None) -> None:
-        for name, statistics in moving_statistics(self._bn_layers, values).items():
+    def _record_batchnorm_of(self, epoch: int, values: VariableValues | None) -> None:
+        """A row of ``batchnorm.npz`` for ``epoch``: off the training thread from ``values``; read from the
+        layers now when the values could not be read."""
+        if values is None:
+            self._guard(PART_BATCHNORM, self._record_batchnorm, epoch, None)
+        else:
+            self._background(PART_BATCHNORM, self._record_batchnorm, epoch, values)
+
+    def _record_batchnorm(self, epoch: int, values: VariableValues | None) -> None:
+        for name, statistics in moving_statistics(self._bn_layers, values.get() if values else None).items():
             self._progress.bn_history.setdefault(name, []).append(statistics)
         self._progress.bn_epochs.append(epoch)
 
@@ -876,6 +899,27 @@ class LayerprintCallback(keras.callbacks.Callback):
         write(path)
         if self.sink is not None:
             self.sink.log_artifact(path, "/".join([keys.ARTIFACT_DIR, *Path(name).parent.parts]))
+
+
+class VariableValues:
+    """Every variable's value at one point of a fit, by ``id``: taken on the training thread (as copies on
+    the device, ``StateReader.snapshot``), brought to the host by the first ``get``, on any thread.
+
+    Args:
+        fetch: returns the values as NumPy arrays; called once.
+    """
+
+    def __init__(self, fetch: Callable[[], dict[int, np.ndarray]]) -> None:
+        self._fetch: Callable[[], dict[int, np.ndarray]] | None = fetch
+        self._values: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[int, np.ndarray]:
+        """The values (fetched at the first call)."""
+        with self._lock:
+            if self._fetch is not None:
+                self._values, self._fetch = self._fetch(), None
+            return self._values
 
 
 def _variables_exist(model: Any) -> bool:
@@ -928,14 +972,17 @@ def _env_or_current_uri() -> str | None:
     return current if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
 
 
-def _experiment_id(client: Any, uri: str, name: str | None, active: Any) -> str:
-    if active is not None and name is None:
+def _fluent_experiment_id(active: Any, name: str | None) -> str | None:
+    """The experiment of a run the callback creates, as MLflow's fluent API would choose it on the
+    training thread (the active run's, else the one set with ``mlflow.set_experiment``); None when
+    ``name`` names it (looked up, or created, with the run)."""
+    if name is not None:
+        return None
+    if active is not None:
         return active.info.experiment_id
-    if name is None:
-        import mlflow
+    import mlflow
 
-        return mlflow.tracking.fluent._get_experiment_id() or "0"
-    return experiment_id_for(client, uri, name)
+    return mlflow.tracking.fluent._get_experiment_id() or "0"
 
 
 def _is_number(value: Any) -> bool:

@@ -231,13 +231,14 @@ class JaxTrainStepRecorder(_StepRecorder):
     """JAX: every step's BatchNorm statistics as an output of the compiled step, checksums between steps.
 
     ``train_function`` runs the model's own ``train_step`` (a custom one too) in one ``jax.jit`` with the
-    flattening of the BatchNorm moving statistics of the state it returns (as ``StateReader.read``), the
-    state donated as Keras donates it. The flat vector stays on the device, one per step, until
-    ``drain`` brings them to the host together. When a step's checksums are due (the fit's first step and
+    writing of the BatchNorm moving statistics of the state it returns (flat, as ``StateReader.read``)
+    into a ring buffer on the device: the ring and its step counter are passed through the step and
+    donated with Keras's state, so that a step takes no transfer and no call from Python beyond Keras's
+    own. ``drain`` brings the rows since the last drain to the host in one transfer. When a step's checksums are due (the fit's first step and
     global steps divisible by the cadence), the train function dispatches them on the state that step
     returned, before the next step, without waiting: one compiled call, also between the steps of a
-    ``steps_per_execution`` block. So a step costs no call from Python beyond Keras's own, and no
-    ``Callback.model`` state sync (which copies every variable back).
+    ``steps_per_execution`` block. No ``Callback.model`` state sync (which copies every variable back)
+    is needed either.
 
     The row of a step is the state it returned; a change a callback makes between two steps shows in the
     next step's row. The trainer's step is compiled at the first call, instead of Keras's own (which is
@@ -268,27 +269,29 @@ class JaxTrainStepRecorder(_StepRecorder):
 
         super().__init__(model, reader)
         self.capacity = capacity_steps * self.steps_per_execution
-        self._rows: collections.deque = collections.deque(maxlen=self.capacity)  # device vectors, in step order
+        self._ring: Any = None  # (rows, count) on the device, passed through each step (``start`` makes it)
         self._checksums: collections.deque = collections.deque(maxlen=self.capacity)  # (index, device vector)
         self._count = 0
         self._first_step = 1
         self._every = 1
         self._failure: BaseException | None = None
-        self._last_logs: Any = None  # of the newest step: the device has run it when they are ready
         bn_at = jax_state_positions(model, reader.bn_variables)
         variables_at = jax_state_positions(model, reader.variables)
-        step = model.train_step
+        step, capacity, n_bn = model.train_step, self.capacity, self.n_bn
 
-        def recording_step(state: Any, data: Any) -> Any:
+        def recording_step(state: Any, ring: Any, data: Any) -> Any:
             logs, state = step(state, data)
-            bn = bn_values_of(jnp, [state[group][index] for group, index in bn_at])
-            return logs, state, bn
+            rows, count = ring
+            if n_bn:
+                bn = bn_values_of(jnp, [state[group][index] for group, index in bn_at])
+                rows = jax.lax.dynamic_update_slice(rows, bn[None, :], (count % capacity, 0))
+            return logs, state, (rows, count + 1)
 
         def checksums(trainable: Any, non_trainable: Any) -> Any:
             groups = (trainable, non_trainable)
             return checksums_of(jnp, [groups[group][index] for group, index in variables_at])
 
-        self._step = jax.jit(recording_step, donate_argnums=0)
+        self._step = jax.jit(recording_step, donate_argnums=(0, 1))
         self._checksum = jax.jit(checksums)
         self.checksum_seconds = self._time_checksums()
         self.train_function = self._train_function
@@ -307,7 +310,9 @@ class JaxTrainStepRecorder(_StepRecorder):
 
     def start(self, first_step: int, checksum_every: int) -> None:
         """Begin a fit: rows count from 0, for global steps from ``first_step`` on."""
-        self._rows.clear()
+        import jax.numpy as jnp
+
+        self._ring = (jnp.zeros((self.capacity, self.n_bn), jnp.float32), jnp.zeros((), jnp.int32))
         self._checksums.clear()
         self._count = 0
         self._first_step, self._every = first_step, checksum_every
@@ -320,7 +325,7 @@ class JaxTrainStepRecorder(_StepRecorder):
         """Block until the steps dispatched so far have run, without bringing anything to the host."""
         import jax
 
-        jax.block_until_ready(self._last_logs)
+        jax.block_until_ready(self._ring[1])
 
     def matches(self, model: Any, reader: StateReader) -> bool:
         """Whether this recorder still fits ``model`` and its recording step compiled."""
@@ -346,13 +351,12 @@ class JaxTrainStepRecorder(_StepRecorder):
         self.steps_run = self._count
         start = max(self.drained, self._count - self.capacity)
         indexes = np.arange(start, self._count)
-        rows, sums = list(self._rows), [(index, row) for index, row in self._checksums if index >= start]
-        self._rows.clear()
+        sums = [(index, row) for index, row in self._checksums if index >= start]
         self._checksums.clear()
         self.drained = self._count
-        host_rows, host_sums = jax.device_get((rows, [row for _, row in sums]))
-        batchnorm = (np.stack(host_rows) if self.n_bn and len(indexes)
-                     else np.zeros((len(indexes), self.n_bn), np.float32))
+        # The whole ring, as it is: a gather of the rows wanted would be compiled anew for each count.
+        ring, host_sums = jax.device_get((self._ring[0], [row for _, row in sums]))
+        batchnorm = ring[indexes % self.capacity]
         checksummed = np.isin(indexes, [index for index, _ in sums])
         checksums = np.array(host_sums, np.int64).reshape(-1, self.n_variables)  # in step order, as indexes
         return indexes, batchnorm, checksummed, checksums
@@ -371,15 +375,12 @@ class JaxTrainStepRecorder(_StepRecorder):
         if self._failure is not None or self._step is None:
             return self._base_step(state, data)
         try:
-            logs, state, bn = self._step(state, data)
+            logs, state, self._ring = self._step(state, self._ring, data)
         except Exception as error:  # noqa: BLE001 - the user's fit goes on with its own step (tracing failed)
             self._failure, self._step = error, None
             return self._base_step(state, data)
         index = self._count
         self._count += 1
-        self._last_logs = logs
-        if self.n_bn:
-            self._rows.append(bn)
         if index == 0 or (self._first_step + index) % self._every == 0:
             self._checksums.append((index, self._checksum(state[0], state[1])))
         return logs, state

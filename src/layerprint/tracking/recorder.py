@@ -122,18 +122,6 @@ class FlightRecorder:
         elif not self._cadence_fixed:
             self._choose_checksum_cadence()
 
-    def unchanged_since(self, step: int) -> bool:
-        """Whether every variable's checksum now (one compiled read) equals the one recorded at ``step``."""
-        if self.reader is None or not self.checksum_columns:
-            return False
-        recorded = self.record.checksum_row(step, self.checksum_columns)
-        if recorded is None:
-            return False
-        started = time.perf_counter()
-        now = self.reader.to_host([self.reader.read_checksums()])[0]
-        self.add_seconds(time.perf_counter() - started)
-        return bool(np.array_equal(now, recorded))
-
     def drop_state(self) -> None:
         """Record and publish the logs only, from now on (the state's reader failed)."""
         self.reader = self.step_recorder = None

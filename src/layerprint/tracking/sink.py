@@ -7,24 +7,35 @@ list under a lock: microseconds) and a background thread sends them: points with
 (``spool.RunSpool``) instead, with its original timestamps, and one warning is printed;
 ``layerprint sync`` replays it later and nothing lands twice (see ``spool``).
 
+A sink can also create its run itself, on its thread (``open_run``): the caller's thread then never
+waits for the store (creating a run in SQLite costs about 10 ms, a commit to disk); when the run cannot
+be created, the sink keeps everything in the spool under a local id, for ``sync`` to create it later.
+
 MLflow's own async logging is not used for this: its queue is unbounded and a failed batch is
 reported as success to the callers (see README, "Why a sink of our own").
 """
 
 from __future__ import annotations
 
+import logging
+import contextlib
 import os
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from layerprint.errors import first_line
 from layerprint.tracking.redact import no_url_print_with_credentials, redact
 from layerprint.tracking.spool import RunSpool, SyncResult, spool_root, sync_file
+from layerprint.tracking.redact import strip_credentials
 from layerprint.tracking.store import MAX_PARAM_VALUE, MAX_TAG_VALUE, batch_chunks, log_batch, reachable
+
+logger = logging.getLogger("layerprint")
+OFFLINE_PREFIX = "offline-"  # the local id of a run that could not be created
 
 
 @dataclass
@@ -48,27 +59,38 @@ class RunSink:
 
     Args:
         tracking_uri: the store (credentials are never written to the spool).
-        run_id: the MLflow run, or a local id when the run could not be created (``offline``).
+        run_id: the MLflow run; None when ``open_run`` creates it.
         flush_interval: seconds between sends by the background thread.
-        offline_run: when the run could not be created: ``{"experiment_name", "run_name",
-            "parent_run_id"}`` so that ``sync`` can create it later.
+        offline_run: ``{"experiment_name", "run_name", "parent_run_id"}`` of a run that is not in the
+            store: with ``run_id``, a run that could not be created (``run_id`` is then its local id);
+            with ``open_run``, what ``sync`` creates should ``open_run`` fail.
+        open_run: creates the run in the store and returns its id, on the sink's thread, before it
+            sends anything; what the caller queues meanwhile waits.
         strict: raise tracking errors instead of spooling (for tests).
+
+    Attributes:
+        run_id: the run's id (None until ``open_run`` has returned; a local id, ``offline-...``, when the
+            run could not be created).
     """
 
     def __init__(
         self,
         tracking_uri: str,
-        run_id: str,
+        run_id: str | None,
         flush_interval: float = 1.0,
         offline_run: dict[str, Any] | None = None,
         strict: bool = False,
+        open_run: Callable[[], str] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.run_id = run_id
+        self.run_id: str | None = None
         self.flush_interval = flush_interval
         self.strict = strict
         self.stats = SinkStats()
-        self._offline = offline_run is not None
+        self._offline = False
+        self._open_run, self._offline_run = open_run, offline_run
+        self._opened = threading.Event()
+        self.spool: RunSpool | None = None
         self._lock = threading.Lock()
         self._metrics: list[tuple[str, float, int, int]] = []
         self._params: dict[str, str] = {}
@@ -80,10 +102,8 @@ class RunSink:
         self._closing = False
         self._warned = False
         self._client = None
-        self.spool = RunSpool(run_id, tracking_uri)
-        if self._offline:
-            self.spool.create_run(offline_run.get("experiment_name"), offline_run.get("run_name"),
-                                  offline_run.get("parent_run_id"))
+        if open_run is None:
+            self._open(run_id, offline=offline_run is not None)
         self._thread = threading.Thread(target=self._run, name="layerprint-sink", daemon=True)
         self._thread.start()
 
@@ -114,6 +134,43 @@ class RunSink:
             self._artifacts.append((Path(local_path), artifact_path))
         self._wake.set()
 
+    def _open(self, run_id: str, offline: bool) -> bool:
+        """Take ``run_id`` as the run's id, once (False when the sink already has one)."""
+        with self._lock:
+            if self.run_id is not None:
+                return False
+            self.run_id, self._offline = run_id, offline
+            self.spool = RunSpool(run_id, self.tracking_uri)
+        if offline:
+            info = self._offline_run or {}
+            self.spool.create_run(info.get("experiment_name"), info.get("run_name"), info.get("parent_run_id"))
+        self._opened.set()
+        return True
+
+    def _open_in_store(self) -> None:
+        """Create the run with ``open_run`` (the sink's thread), or go offline when the store refuses."""
+        try:
+            run_id = self._open_run()
+        except Exception as error:  # noqa: BLE001 - the store being down must not stop training
+            if self.strict:
+                self.stats.errors.append(repr(error))
+            logger.warning("layerprint: cannot create a run in %s (%s); logging to the local spool, send it later "
+                           "with `layerprint sync`.", strip_credentials(self.tracking_uri), type(error).__name__)
+            self._open(OFFLINE_PREFIX + uuid.uuid4().hex, offline=True)
+            return
+        if not self._open(run_id, offline=False):  # ``close`` gave up waiting and spooled under a local id
+            self._end_abandoned(run_id)
+
+    def _end_abandoned(self, run_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self._mlflow_client().set_terminated(run_id, status="KILLED")
+
+    def opened_run_id(self, timeout: float | None = None) -> str | None:
+        """The run's id, once the run exists (``open_run`` has returned, or the sink went offline);
+        waits up to ``timeout`` seconds for it, then None."""
+        self._opened.wait(timeout)
+        return self.run_id
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything queued so far; True when it was all sent or spooled within ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -128,8 +185,11 @@ class RunSink:
         return False
 
     def close(self, timeout: float = 30.0) -> SinkStats:
-        """Flush, stop the thread, spool whatever could not be sent in ``timeout`` seconds."""
+        """Flush, stop the thread, spool whatever could not be sent in ``timeout`` seconds (under a local
+        id, with what ``sync`` needs to create the run, when the run was not created by then)."""
         self.flush(timeout)
+        if not self._opened.is_set():
+            self._open(OFFLINE_PREFIX + uuid.uuid4().hex, offline=True)
         self._closing = True
         self._wake.set()
         self._thread.join(timeout=max(0.1, timeout / 10))
@@ -184,6 +244,8 @@ class RunSink:
         return self._client
 
     def _run(self) -> None:
+        if self._open_run is not None:
+            self._open_in_store()
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -207,6 +269,11 @@ class RunSink:
                     return
                 self._artifact_inflight = self._artifacts.pop(0)
             local_path, artifact_path = self._artifact_inflight
+            if self._offline:
+                self._spool_artifact(local_path, artifact_path)
+                with self._lock:
+                    self._artifact_inflight = None
+                continue
             try:
                 self._mlflow_client().log_artifact(self.run_id, str(local_path), artifact_path)
             except Exception as error:  # noqa: BLE001 - any store failure must not reach training

@@ -89,14 +89,6 @@ class StepRecord:
                     column = self._float_column(name, np.float32)
                 column[rows] = values[:, index]
 
-    def checksum_row(self, step: int, names: list[str]) -> np.ndarray | None:
-        """The checksums recorded at ``step`` for ``names`` (int64), or None when one is missing."""
-        with self._lock:
-            if not 0 < step <= self._capacity or any(name not in self._checksum for name in names):
-                return None
-            row = np.array([self._checksum[name][step - 1] for name in names], np.int64)
-        return None if (row == _MISSING_CHECKSUM).any() else row
-
     def has_metrics(self, step: int) -> bool:
         """Whether the step's ``train/`` values were filed."""
         return 0 < step <= self._capacity and bool(self._present[step - 1])
