@@ -58,6 +58,7 @@ ARGS = PARSER.parse_args()  # before Keras is imported: --device cpu hides the G
 if ARGS.device == "cpu":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # check_record downloads each fit's record
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402

@@ -234,11 +234,11 @@ class JaxTrainStepRecorder(_StepRecorder):
     writing of the BatchNorm moving statistics of the state it returns (flat, as ``StateReader.read``)
     into a ring buffer on the device: the ring and its step counter are passed through the step and
     donated with Keras's state, so that a step takes no transfer and no call from Python beyond Keras's
-    own. ``drain`` brings the rows since the last drain to the host in one transfer. When a step's checksums are due (the fit's first step and
-    global steps divisible by the cadence), the train function dispatches them on the state that step
-    returned, before the next step, without waiting: one compiled call, also between the steps of a
-    ``steps_per_execution`` block. No ``Callback.model`` state sync (which copies every variable back)
-    is needed either.
+    own. ``drain`` brings the rows since the last drain to the host in one transfer. When a step's
+    checksums are due (the fit's first step and global steps divisible by the cadence), the train
+    function dispatches them on the state that step returned, before the next step, without waiting:
+    one compiled call, also between the steps of a ``steps_per_execution`` block. No ``Callback.model``
+    state sync (which copies every variable back) is needed either.
 
     The row of a step is the state it returned; a change a callback makes between two steps shows in the
     next step's row. The trainer's step is compiled at the first call, instead of Keras's own (which is
