@@ -32,7 +32,7 @@ from layerprint.inspection.state import StateReader
 from layerprint.inspection.train_step import recorder_type
 from layerprint.errors import first_line
 from layerprint.tracking.recorder import FlightRecorder
-from layerprint.tracking.redact import redact, strip_credentials
+from layerprint.tracking.redact import redact
 from layerprint.tracking.sink import OFFLINE_PREFIX, RunSink
 from layerprint.tracking.steps import StepRecord
 from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
