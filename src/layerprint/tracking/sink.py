@@ -17,8 +17,8 @@ reported as success to the callers (see README, "Why a sink of our own").
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from layerprint.errors import first_line
-from layerprint.tracking.redact import no_url_print_with_credentials, redact
+from layerprint.tracking.redact import no_url_print_with_credentials, redact, strip_credentials
 from layerprint.tracking.spool import RunSpool, SyncResult, spool_root, sync_file
-from layerprint.tracking.redact import strip_credentials
 from layerprint.tracking.store import MAX_PARAM_VALUE, MAX_TAG_VALUE, batch_chunks, log_batch, reachable
 
 logger = logging.getLogger("layerprint")
