@@ -870,16 +870,19 @@ class LayerprintCallback(keras.callbacks.Callback):
             self._guard(PART_SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
     def _record_batchnorm_of(self, epoch: int, values: VariableValues | None) -> None:
-        """A row of ``batchnorm.npz`` for ``epoch``: off the training thread from ``values``; read from the
-        layers now when the values could not be read."""
+        """A row of ``batchnorm.npz`` for ``epoch``, filed by the background thread after the rows before
+        it: from ``values``, or read from the layers now when the values could not be read."""
         if values is None:
-            self._guard(PART_BATCHNORM, self._record_batchnorm, epoch, None)
+            statistics = self._guard(PART_BATCHNORM, moving_statistics, self._bn_layers)
+            if statistics is not None:
+                self._background(PART_BATCHNORM, self._record_batchnorm, epoch, lambda: statistics)
         else:
-            self._background(PART_BATCHNORM, self._record_batchnorm, epoch, values)
+            self._background(PART_BATCHNORM, self._record_batchnorm, epoch,
+                             lambda: moving_statistics(self._bn_layers, values.get()))
 
-    def _record_batchnorm(self, epoch: int, values: VariableValues | None) -> None:
-        for name, statistics in moving_statistics(self._bn_layers, values.get() if values else None).items():
-            self._progress.bn_history.setdefault(name, []).append(statistics)
+    def _record_batchnorm(self, epoch: int, statistics: Callable[[], dict[str, np.ndarray]]) -> None:
+        for name, row in statistics().items():
+            self._progress.bn_history.setdefault(name, []).append(row)
         self._progress.bn_epochs.append(epoch)
 
     def _write_final_weights(self, values: dict[int, np.ndarray]) -> None:

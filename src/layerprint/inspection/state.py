@@ -82,10 +82,6 @@ class StateReader:
         self._checksums_only: Any = None
         self._values: Any = None
 
-    def values(self) -> list[np.ndarray]:
-        """The current value of every variable, in ``variables`` order, on the host (``host(snapshot())``)."""
-        return self.host(self.snapshot())
-
     def snapshot(self) -> list[Any]:
         """The current value of every variable, in ``variables`` order, as copies on the device: one
         compiled call, dispatched and not waited for. ``host`` brings them to NumPy later, from any
