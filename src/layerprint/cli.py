@@ -140,7 +140,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``layerprint``."""
-    from layerprint.runner.runtime import quiet_tensorflow
+    from layerprint.runner.runtime import exit_without_collecting, quiet_tensorflow
 
     quiet_tensorflow()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # claims prints its own table
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"layerprint {args.command}: error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        exit_without_collecting()
     sys.exit(code)
 
 

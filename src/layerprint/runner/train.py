@@ -22,7 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from layerprint import keys
 from layerprint.errors import LayerprintError, first_line
 from layerprint.runner.overrides import CONFIG_MODULE, CONFIG_NAME, check_overrides
-from layerprint.runner.runtime import check_device_early, quiet_native_start_up, quiet_tensorflow
+from layerprint.runner.runtime import (
+    check_device_early,
+    exit_without_collecting,
+    quiet_native_start_up,
+    quiet_tensorflow,
+)
 from layerprint.runner.schema import register_configs, validate
 from layerprint.runner.sweep import failed_jobs, in_multirun, sweep_parent_run_id
 from layerprint.tracking.redact import redact
@@ -281,6 +286,8 @@ def main() -> None:
         # train() has flushed the points logged so far and ended the run KILLED.
         print("layerprint-train: interrupted; the run was ended KILLED with the points logged so far", file=sys.stderr)
         sys.exit(130)
+    finally:
+        exit_without_collecting()
     if failed_jobs:
         sys.exit(1)
 
