@@ -2,6 +2,8 @@
 
 import base64
 import json
+import operator
+import os
 import re
 
 import keras
@@ -147,21 +149,36 @@ def test_write_report_without_records_writes_text_and_a_page_without_plots(tmp_p
 
 
 @pytest.mark.slow
-def test_plots_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, sqlite_uri, client):
-    # The sweep draws its plots on the joblib launcher's workers (write_report's map_fn): the same files.
+@pytest.mark.parametrize("workers", ["joblib launcher's", "plot workers"])
+def test_plots_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, sqlite_uri, client, workers):
+    # A sweep draws its plots on the joblib launcher's workers, or on plot workers of its own for the
+    # other launchers (write_report's map_fn): the same files, drawn in other processes.
     from joblib import Parallel, delayed
+    from omegaconf import OmegaConf
+
+    from layerprint.runner.launchers import PlotWorkers
 
     records = collect(client, run_ids=_fit_pair(sqlite_uri, bn=True))
     report = compare_records(records)
-    mapped = []
+    plot_workers = PlotWorkers.start(OmegaConf.create(
+        {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}))
+    assert plot_workers is not None  # two cores or more
+    mapped, pids = [], set()
 
     def on_workers(function, items):
         mapped.append(len(items))
+        if workers == "plot workers":
+            pids.update(plot_workers.map(operator.call, [os.getpid] * len(items)))
+            return plot_workers.map(function, items)
+        pids.update(Parallel(n_jobs=2, backend="loky")(delayed(os.getpid)() for _ in items))
         return Parallel(n_jobs=2, backend="loky")(delayed(function)(item) for item in items)
 
     here = write_report(report, tmp_path / "here", records)
-    there = write_report(report, tmp_path / "there", records, map_fn=on_workers)
-    assert mapped == [6]
+    try:
+        there = write_report(report, tmp_path / "there", records, map_fn=on_workers)
+    finally:
+        plot_workers.stop()
+    assert mapped == [6] and pids and os.getpid() not in pids
     assert [p.name for p in there] == [p.name for p in here] and sum(p.suffix == ".png" for p in here) == 6
     for a, b in zip(here, there):
         assert a.read_bytes() == b.read_bytes(), a.name

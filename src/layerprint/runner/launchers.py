@@ -1,7 +1,8 @@
 """What layerprint does around Hydra's launchers, to keep the cores busy during a sweep: joblib's
 workers started and warmed while the parent run opens, then drawing the comparison's plots, then
 stopped; Ray's local cluster started alongside the parent run, its workers warmed, and shut down
-while the runs are compared. Other launchers: nothing.
+while the runs are compared; for the other launchers (and Ray), plot workers of their own, started
+with the sweep and drawing the comparison's plots at its end.
 """
 
 from __future__ import annotations
@@ -111,6 +112,59 @@ def stop_joblib_workers(launcher: Any) -> None:
     executor = getattr(reusable_executor, "_executor", None)  # the one executor loky reuses; no public getter
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+MAX_PLOT_WORKERS = 3  # the comparison draws at most 6 plots, the two largest about half of the time
+
+
+def _import_plots() -> None:
+    import layerprint.analysis.plots  # noqa: F401 - matplotlib
+
+
+class PlotWorkers:
+    """Worker processes that draw the comparison's plots at a sweep's end, for the launchers whose own
+    workers cannot: the basic launcher (its jobs run in this process), Ray (its cluster is being shut
+    down meanwhile, or is another machine's) and submitit (its jobs are gone).
+
+    Six plots take about 5 s of matplotlib on one core of the 2-core machine, while the other core
+    would wait; the workers are started with the sweep and import matplotlib while the jobs run (this
+    process imports it then too: it builds the plots' arguments), so that at the end the plots are
+    drawn side by side. They are loky processes (joblib's), started without the jobs' imports.
+    """
+
+    def __init__(self, workers: int) -> None:
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        self._executor = ProcessPoolExecutor(max_workers=workers)
+        for _ in range(workers):
+            self._executor.submit(_import_plots)
+        threading.Thread(target=_import_plots, name="layerprint-import-plots", daemon=True).start()
+
+    @classmethod
+    def start(cls, launcher: Any) -> PlotWorkers | None:
+        """Start the plot workers of a sweep.
+
+        Args:
+            launcher: the sweep's ``hydra.launcher`` config.
+
+        Returns:
+            The workers; None for joblib (its own warm workers draw: ``joblib_map``) and on one core.
+        """
+        workers = min(os.cpu_count() or 1, MAX_PLOT_WORKERS)
+        if _is_joblib(launcher) or workers < 2:
+            return None
+        return cls(workers)
+
+    def map(self, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``map`` over the workers, results in order; should a worker be lost, in this process."""
+        try:
+            return list(self._executor.map(function, items))
+        except Exception:  # noqa: BLE001 - a worker lost (killed, out of memory): draw them here instead
+            return [function(item) for item in items]
+
+    def stop(self) -> None:
+        """Stop the workers without waiting for them."""
+        self._executor.shutdown(wait=False, kill_workers=True)
 
 
 def _is_ray(launcher: Any) -> bool:

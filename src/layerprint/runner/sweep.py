@@ -23,7 +23,13 @@ from urllib.parse import quote
 from hydra.experimental.callback import Callback
 
 from layerprint import keys
-from layerprint.runner.launchers import LocalRay, joblib_map, start_joblib_workers, stop_joblib_workers
+from layerprint.runner.launchers import (
+    LocalRay,
+    PlotWorkers,
+    joblib_map,
+    start_joblib_workers,
+    stop_joblib_workers,
+)
 from layerprint.tracking.redact import redact, strip_credentials
 from layerprint.tracking.store import experiment_id_for, open_store, resolve_tracking_uri
 
@@ -67,16 +73,19 @@ class SweepParentRun(Callback):
         self.parent_run_id: str | None = None
         self.uri: str | None = None
         self.local_ray: LocalRay | None = None
+        self.plot_workers: PlotWorkers | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # The Ray launcher sends Hydra's context, callbacks included, to every job; the cluster stays here.
-        return {**self.__dict__, "local_ray": None}
+        # The Ray launcher sends Hydra's context, callbacks included, to every job; the cluster and the
+        # plot workers stay here.
+        return {**self.__dict__, "local_ray": None, "plot_workers": None}
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self.uri = resolve_tracking_uri(config.tracking.uri)
         os.environ["MLFLOW_TRACKING_URI"] = self.uri
         start_joblib_workers(config.hydra.launcher)
         self.local_ray = LocalRay.start(config.hydra.launcher, unknown_env=[PARENT_RUN_ENV])
+        self.plot_workers = PlotWorkers.start(config.hydra.launcher)
         self.client = open_store(self.uri)
         experiment_id = experiment_id_for(self.client, self.uri, config.tracking.experiment)
         overrides = redact(" ".join(config.hydra.overrides.task))
@@ -113,7 +122,8 @@ class SweepParentRun(Callback):
             print(f"layerprint: could not compare the sweep's runs: {error}", file=sys.stderr)
         else:
             out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
-            written = write_report(report, out_dir, records, map_fn=joblib_map(config.hydra.launcher))
+            map_fn = joblib_map(config.hydra.launcher) or (self.plot_workers.map if self.plot_workers else None)
+            written = write_report(report, out_dir, records, map_fn=map_fn)
             for path in written:
                 self.client.log_artifact(self.parent_run_id, str(path), "compare")
             plots = [path.name for path in written if path.suffix == ".png"]
@@ -123,6 +133,8 @@ class SweepParentRun(Callback):
                 self.client.set_tag(record.run_id, keys.TAG_NOTE, run_note(record, report))
             print("\n" + format_table(report))
             print(f"\nReport and plots: {out_dir} (also in the parent run, under compare/)")
+        if self.plot_workers is not None:
+            self.plot_workers.stop()
         failed_jobs[:] = self._failed_jobs()
         if failed_jobs:
             self.client.set_tag(self.parent_run_id, keys.TAG_FAILED_JOBS, "; ".join(failed_jobs)[:5000])
