@@ -74,12 +74,13 @@ def main() -> None:
             fractions[name].append(fraction)
     basic = statistics.median(walls["basic"])
     print(f"demo sweep (12 jobs) on {CORES} CPUs, {rounds} interleaved rounds, medians:")
-    print("| launcher | wall s (rounds) | x basic | CPU s | fraction of the CPU-bound best |")
+    print("| launcher | wall s (rounds) | x basic | CPU s | fraction of the CPU-bound best (rounds) |")
     print("|---|---|---|---|---|")
     for name in LAUNCHERS:
         wall = statistics.median(walls[name])
         print(f"| {name} | {wall:.1f} ({', '.join(f'{v:.1f}' for v in walls[name])}) | {wall / basic:.2f}x | "
-              f"{statistics.median(cpus[name]):.1f} | {statistics.median(fractions[name]):.2f} |")
+              f"{statistics.median(cpus[name]):.1f} | {statistics.median(fractions[name]):.2f} "
+              f"({', '.join(f'{v:.2f}' for v in fractions[name])}) |")
     met = [name for name in PARALLEL if statistics.median(fractions[name]) >= GOAL]
     print(f"goal: fraction >= {GOAL} for the parallel launchers: met by {', '.join(met) or 'none'}; "
           f"not met by {', '.join(n for n in PARALLEL if n not in met) or 'none'}")
