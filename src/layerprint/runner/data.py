@@ -1,14 +1,19 @@
-"""Training data: deterministic synthetic arrays shaped for a layer kind, or the user's ``.npz``."""
+"""Training data: deterministic synthetic arrays shaped for a layer kind, or the user's ``.npz``.
+
+NumPy is imported where arrays are made: ``check_npz`` refuses a bad file before it is.
+"""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from layerprint.errors import DataError
 from layerprint.runner.layer_kinds import KINDS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def input_shape(layer: Any) -> tuple[int, ...]:
@@ -27,12 +32,41 @@ def synthetic(layer: Any, n_samples: int, seed: int) -> tuple[np.ndarray, np.nda
     Returns:
         ``(x, y)``: float32 inputs shaped ``(n_samples, *input_shape(layer))`` and targets ``(n, 1)``.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_samples, *input_shape(layer))).astype(np.float32)
     flat = x.reshape(n_samples, -1)
     teacher = rng.standard_normal((flat.shape[1], 1)) / np.sqrt(flat.shape[1])
     y = np.tanh(flat @ teacher) + 0.1 * np.sin(3.0 * flat[:, :1])
     return x, y.astype(np.float32)
+
+
+def check_npz(path: str | Path) -> None:
+    """Check, without reading its arrays, that ``path`` is a NumPy archive holding ``x`` and ``y``
+    (what a command line can be refused for before Hydra runs).
+
+    Args:
+        path: the ``.npz`` file.
+
+    Raises:
+        DataError: a missing file, an unreadable archive, or missing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; give data.path=FILE.npz with arrays 'x' and 'y'")
+    try:
+        with zipfile.ZipFile(path) as archive:  # what np.savez writes: one NAME.npy member per array
+            names = [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from None
+    missing = [name for name in ("x", "y") if name not in names]
+    if missing:
+        raise DataError(f"data file {path} lacks array(s) {', '.join(missing)}; it holds {sorted(names)} and needs 'x' and 'y'")
+
+
+def _unreadable(path: Path, error: Exception) -> DataError:
+    return DataError(f"data file {path} is not a readable .npz archive ({type(error).__name__})")
 
 
 def load_npz(path: str | Path, layer: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -48,17 +82,15 @@ def load_npz(path: str | Path, layer: Any) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         DataError: missing file, unreadable archive, missing keys, or shapes that do not fit.
     """
+    import numpy as np
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; give data.path=FILE.npz with arrays 'x' and 'y'")
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise DataError(f"data file {path} is not a readable .npz archive ({type(error).__name__})") from None
-    missing = [name for name in ("x", "y") if name not in arrays]
-    if missing:
-        raise DataError(f"data file {path} lacks array(s) {', '.join(missing)}; it holds {sorted(arrays)} and needs 'x' and 'y'")
+            arrays = {name: archive[name] for name in ("x", "y")}
+    except Exception as error:  # noqa: BLE001 - an archive whose arrays cannot be read
+        raise _unreadable(path, error) from None
     x, y = arrays["x"], arrays["y"]
     kind = KINDS[layer.kind]
     if x.ndim != kind.rank:

@@ -277,6 +277,11 @@ def main() -> None:
         ensure_sqlite_parent(uri, keep=False)
         check_server_reachable(uri)
         check_device_early(cfg.device)
+        if cfg.data.source == "npz" and not {"-m", "--multirun"} & set(sys.argv[1:]):
+            # One run's data file, before Hydra runs (in a sweep, each job that has a bad file fails alone).
+            from layerprint.runner.data import check_npz
+
+            check_npz(cfg.data.path)
     except LayerprintError as error:
         print(f"layerprint-train: error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)
