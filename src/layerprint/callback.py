@@ -116,7 +116,8 @@ class LayerprintCallback(keras.callbacks.Callback):
     validation metrics (``epoch/<name>``), per-layer weight drift from the weights at the start of
     the fit (``drift/<layer>``), the full BatchNorm vectors (kept for ``batchnorm.npz``) and, given a
     probe batch, a fingerprint and the norm of the model output on it. At train end: the final
-    fingerprint and the artifacts, on a background thread (see ``wait``). A run the callback started
+    fingerprint and the artifacts; ``fit`` returns with the run complete (see ``wait`` and
+    ``finish_in_background``). A run the callback started
     ends FINISHED, or FAILED (with the ``layerprint.failure`` tag) when a logged loss was NaN or
     infinite.
 
@@ -159,6 +160,9 @@ class LayerprintCallback(keras.callbacks.Callback):
         sink: log through this ``RunSink`` (or an object with its methods) instead of opening a run,
             as dvclive's ``live=``: the caller owns it, so the callback flushes it at train end and
             never closes it or ends its run; later fits continue its run within this process.
+        finish_in_background: in a run the callback starts itself, let ``fit`` return as soon as
+            training is done and end the run on a background thread (for loops of many short fits;
+            see ``wait``). Off by default: ``fit`` returns with the run complete.
 
     Example:
 
@@ -185,6 +189,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         flush_timeout: float = 30.0,
         strict: bool = False,
         sink: RunSink | None = None,
+        finish_in_background: bool = False,
     ) -> None:
         super().__init__()
         if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
@@ -211,6 +216,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self.flush_timeout = flush_timeout
         self.strict = strict
         self._given_sink = sink
+        self.finish_in_background = finish_in_background
         self._worker: ThreadPoolExecutor | None = None
         self._futures: list[Future] = []
         self._reset()
@@ -245,6 +251,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._trainable_ids: set[int] = set()
         self._paths: dict[int, str] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._hooked_optimizers: list[Any] = []  # optimizers whose ``build`` captures the start
 
     @property
     def initial_fingerprint(self) -> dict[str, Any] | None:
@@ -268,12 +275,12 @@ class LayerprintCallback(keras.callbacks.Callback):
         """Wait for the work the callback does off the training thread.
 
         Hashing the weights, writing and uploading the artifacts, sending the last points and ending
-        the run happen on a background thread. In a run the callback started itself, ``fit`` returns
-        when training is done, without waiting for that work (for a model of a few million parameters
-        it takes 0.1 to 0.4 s); in the caller's run (the active run, ``run_id``, ``sink``), ``fit``
-        waits for it. The next fit with this callback or into the same run, ``close``, reading
-        ``initial_fingerprint``, ``final_fingerprint`` or ``sharing``, and the interpreter's exit wait
-        for it; call this before reading the callback's own run from MLflow in the same process.
+        the run happen on a background thread while training goes on; ``fit`` waits for what is left
+        of it before it returns, so that the run is complete in the store (or in the spool, when the
+        store is down) when ``fit`` returns. With ``finish_in_background=True``, in a run the callback
+        started itself, ``fit`` returns as soon as training is done: then the next fit with this
+        callback, ``close``, reading ``initial_fingerprint``, ``final_fingerprint`` or ``sharing``, and
+        the interpreter's exit wait for it; call this before reading that run from MLflow.
 
         Args:
             timeout: seconds to wait at most (None: until done).
@@ -455,13 +462,17 @@ class LayerprintCallback(keras.callbacks.Callback):
             return
         self._open = False
         self._restore_train_function()  # even when the recorder part failed
+        for optimizer in self._hooked_optimizers:  # never built in this fit: their own build back
+            optimizer.__dict__.pop("build", None)
         self._background(PART_FINISH, self._finish, status, values)
         self._progress.finishing = self._futures[-1] if self._futures else None
         if self._worker is not None:
             self._worker.shutdown(wait=False)  # its thread ends once the queued work is done
             self._worker = None
-        if not self._owns_run:  # the caller's run: it may log more, end it or read it right after fit
+        if not (self._owns_run and self.finish_in_background):  # the run complete when fit returns
             self.wait()
+            if self._owns_run and self._active_run_id and not self._active_run_id.startswith(OFFLINE_PREFIX):
+                _note_last_active_run(self._active_run_id)
 
     def _finish(self, status: str, final_values: VariableValues | None) -> None:
         """The end of a fit, off the training thread: final fingerprint and artifacts, then the run."""
@@ -496,7 +507,7 @@ class LayerprintCallback(keras.callbacks.Callback):
             try:
                 stats = self.sink.close(self.flush_timeout)
                 if self._owns_run:
-                    self.sink.finish(status)
+                    self.sink.finish(status, self.flush_timeout)
                 ended = True
             except Exception as error:  # noqa: BLE001 - the fallback below still ends the run
                 if self.strict:
@@ -634,26 +645,29 @@ class LayerprintCallback(keras.callbacks.Callback):
 
     # Capturing the start of a fit.
     def _capture_at_optimizer_build(self) -> None:
-        """Capture the start from inside the optimizer's first ``build``.
+        """Capture the start from inside the first ``build`` of any of the model's optimizers.
 
         On TensorFlow without a distribution strategy, Keras builds an unbuilt model inside the first
         traced train step: the variables exist, with their initial values, once the forward pass has
-        run, and the optimizer builds its own state right before it applies the first update. The
-        values are read eagerly there (``tf.init_scope``). Other backends build before train begin.
+        run, and an optimizer builds its own state right before it applies the first update. That is
+        ``model.optimizer``, or one the model holds itself (a GAN's ``d_optimizer`` and
+        ``g_optimizer``, used by its own ``train_step``). The values are read eagerly there
+        (``tf.init_scope``). Other backends build before train begin.
         """
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None or getattr(optimizer, "built", True):
-            return
-        build = optimizer.build
+        for optimizer in _optimizers_of(self.model):
+            if getattr(optimizer, "built", True) or "build" in optimizer.__dict__:
+                continue
+            optimizer.build = functools.partial(self._build_then_continue, optimizer, optimizer.build)
+            self._hooked_optimizers.append(optimizer)
 
-        def build_then_continue(*args: Any, **kwargs: Any) -> Any:
-            optimizer.__dict__.pop("build", None)
-            if self._pending_capture:
-                with _eager_scope():
+    def _build_then_continue(self, optimizer: Any, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An optimizer's ``build``, after capturing the start of the fit if it is still pending."""
+        optimizer.__dict__.pop("build", None)
+        if self._pending_capture and self._open:
+            with _eager_scope():
+                if _values_initialized(self.model.variables):  # else: after the step (``init_step``)
                     self._capture_start(init_step=0)
-            return build(*args, **kwargs)
-
-        optimizer.build = build_then_continue
+        return build(*args, **kwargs)
 
     def _capture_start(self, init_step: int, in_step: bool = False) -> None:
         """Fingerprints, sharing, BatchNorm and probe rows, and drift reference at the start of the fit.
@@ -926,10 +940,45 @@ class VariableValues:
 
 
 def _variables_exist(model: Any) -> bool:
-    """Whether every layer of ``model`` is built (the test Keras itself uses before building)."""
+    """Whether the model's variables exist: it has some, and every layer that creates its own is built.
+
+    Decided from the layers that own variables, whatever the root is: a layer without sublayers
+    (``Dense``, ``BatchNormalization``) and a layer holding sublayers (a custom block, whose ``build``
+    may add weights of its own) must be built. A ``keras.Model`` that holds other models or layers is
+    a container: Keras never marks one built when it has no ``call`` (a GAN wrapper holding a built
+    generator and discriminator), so it is judged by what it holds.
+    """
     flatten = getattr(model, "_flatten_layers", None)
     layers = list(flatten()) if flatten is not None else [model]
-    return bool(model.variables) and all(getattr(layer, "built", True) for layer in layers)
+    return bool(model.variables) and all(getattr(layer, "built", True) or _is_container(layer) for layer in layers)
+
+
+def _is_container(layer: Any) -> bool:
+    """A model that holds layers (its own weights, if any, are made by them)."""
+    if not isinstance(layer, keras.Model):
+        return False
+    return bool(list(layer._flatten_layers(include_self=False, recursive=False)))
+
+
+def _optimizers_of(model: Any) -> list[Any]:
+    """``model.optimizer`` and the optimizers the model holds as attributes of its own, each once."""
+    found: list[Any] = []
+    for candidate in [getattr(model, "optimizer", None), *vars(model).values()]:
+        if isinstance(candidate, keras.optimizers.Optimizer) and all(candidate is not f for f in found):
+            found.append(candidate)
+    return found
+
+
+def _values_initialized(variables: list[Any]) -> bool:
+    """Whether every variable holds its initial value already. On TensorFlow, a variable created inside
+    the first traced step whose initial value could not be lifted out of the graph (seen in a GAN whose
+    submodels are built inside ``tf.GradientTape``) is initialized only when the step runs; read before,
+    it is empty."""
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf
+
+    return all(bool(tf.compat.v1.is_variable_initialized(v.value)) for v in variables)
 
 
 def _eager_scope() -> Any:
@@ -973,6 +1022,14 @@ def _env_or_current_uri() -> str | None:
         return os.environ["MLFLOW_TRACKING_URI"]
     current = mlflow.get_tracking_uri()
     return current if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+
+
+def _note_last_active_run(run_id: str) -> None:
+    """Make ``mlflow.last_active_run()`` on this thread return the run the callback started and ended, as
+    it does after a run that ``mlflow.start_run()`` started (MLflow keeps that id per thread, privately)."""
+    import mlflow
+
+    mlflow.tracking.fluent._last_active_run_id.set(run_id)
 
 
 def _fluent_experiment_id(active: Any, name: str | None) -> str | None:

@@ -5,10 +5,14 @@ Call sites come from the functional graph: a layer's call sites are its inbound 
 sites of the functional model that contains it (a layer inside a block that is called twice runs at
 two sites). Layers of subclassed models create no nodes; their reuse inside ``call`` is not counted.
 
-Identity groups consider variables of two or more dimensions (kernels, recurrent kernels, filters,
-embeddings): that is where random initialization breaks symmetry. One-dimensional variables (biases,
-normalization scales and offsets, moving statistics) start from fixed values by design in every
-model and are left out.
+Identity groups consider the variables that are meant to start different: weights of two or more
+dimensions (kernels, recurrent kernels, filters, embeddings), where random initialization breaks
+symmetry. Variables that start from fixed values by design in every model are left out, whatever their
+rank: one-dimensional ones, and offsets, scales and statistics by their name (``BIAS_LIKE_NAMES``:
+``bias`` of any shape, as the ``(heads, key_dim)`` query, key and value biases of
+``MultiHeadAttention`` or the ``(2, 3 * units)`` bias of a ``GRU``; ``gamma``, ``beta``, PReLU's
+``alpha``, the BatchNorm moving statistics). Identical kernels still form a group, constant
+initializers included: that is the symmetry training never breaks.
 """
 
 from __future__ import annotations
@@ -72,18 +76,35 @@ def shared_variables(model: Any, sites: dict[str, int]) -> dict[str, list[str]]:
     return {vpath: sorted(set(paths)) for vpath, paths in users.values() if len(set(paths)) > 1}
 
 
+# Variables that start from fixed values by design (offsets, scales, statistics), by their own name.
+BIAS_LIKE_NAMES = frozenset({"bias", "beta", "gamma", "alpha", "moving_mean", "moving_variance"})
+
+
+def meant_to_start_different(path: str, shape: list[int]) -> bool:
+    """Whether a variable's initial values should differ from any other's (module doc): two or more
+    dimensions, and not an offset, scale or statistic by its name (``bias``, ``recurrent_bias``, ...).
+
+    Args:
+        path: the variable's path (its last component is its name).
+        shape: its shape.
+    """
+    name = path.rsplit("/", 1)[-1]
+    return len(shape) >= 2 and name not in BIAS_LIKE_NAMES and not name.endswith("bias")
+
+
 def identical_groups(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Groups of distinct variables that hold bitwise-identical values.
+    """Groups of distinct variables, meant to start different, that hold bitwise-identical values.
 
     Args:
         records: per-variable fingerprint records (``path``, ``shape``, ``sha256``).
 
     Returns:
-        Sorted lists of variable paths, one per group of two or more; 1-D variables are left out.
+        Sorted lists of variable paths, one per group of two or more (``meant_to_start_different``
+        decides which variables count).
     """
     by_hash: dict[str, list[str]] = defaultdict(list)
     for record in records:
-        if len(record["shape"]) >= 2:
+        if meant_to_start_different(record["path"], record["shape"]):
             by_hash[record["sha256"]].append(record["path"])
     return sorted(sorted(paths) for paths in by_hash.values() if len(paths) > 1)
 

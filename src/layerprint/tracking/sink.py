@@ -99,6 +99,7 @@ class RunSink:
         self._artifact_inflight: tuple[Path, str | None] | None = None
         self._wake = threading.Event()
         self._closing = False
+        self._stalled = False
         self._warned = False
         self._client = None
         if open_run is None:
@@ -192,6 +193,7 @@ class RunSink:
         self._closing = True
         self._wake.set()
         self._thread.join(timeout=max(0.1, timeout / 10))
+        self._stalled = self._thread.is_alive()  # still inside a request the store does not answer
         with self._lock:
             leftovers = (self._metrics, self._params, self._tags)
             self._metrics, self._params, self._tags = [], {}, {}
@@ -220,19 +222,38 @@ class RunSink:
         except Exception:  # noqa: BLE001 - still down after all: the spool keeps everything
             return
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Record the run's final status; for an offline run it goes to the spool for ``sync``."""
-        if self._offline:
+    def finish(self, status: str = "FINISHED", timeout: float = 10.0) -> None:
+        """Record the run's final status, waiting ``timeout`` seconds at most; for an offline run, a store
+        that does not answer, or a sender that ``close`` had to give up on, it goes to the spool for
+        ``sync`` (MLflow's own retries could hold the call for minutes).
+
+        Args:
+            status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+            timeout: seconds the store has to take it.
+        """
+        if self._offline or self._stalled or not reachable(self.tracking_uri):
             self.spool.terminate(status)
             return
-        try:
-            with no_url_print_with_credentials(self.tracking_uri):
-                self._mlflow_client().set_terminated(self.run_id, status=status)
-        except Exception as error:  # noqa: BLE001
-            if self.strict:
-                raise
-            self._note_failure(error)
-            self.spool.terminate(status)
+        outcome: list[BaseException | None] = []
+
+        def terminate() -> None:
+            try:
+                with no_url_print_with_credentials(self.tracking_uri):
+                    self._mlflow_client().set_terminated(self.run_id, status=status)
+                outcome.append(None)
+            except Exception as error:  # noqa: BLE001 - reported below, on the caller's thread
+                outcome.append(error)
+
+        worker = threading.Thread(target=terminate, name="layerprint-end-run", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        error = outcome[0] if outcome else TimeoutError(f"the store did not end the run within {timeout:g} s")
+        if error is None:
+            return
+        if self.strict:
+            raise error
+        self._note_failure(error)
+        self.spool.terminate(status)
 
     # Background side.
     def _mlflow_client(self) -> Any:
