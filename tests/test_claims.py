@@ -77,6 +77,19 @@ def test_coupling_verdicts_agree_with_the_logged_loss_curves(catalogue):
         assert results[claim_id]["verdict"] == ("holds" if curves[0] != curves[1] else "refuted")
 
 
+@pytest.mark.parametrize("claim_id, runs_per_style, verdict", [("C02", 1, "holds"), ("C05", 2, "holds"),
+                                                               ("C13", 1, "refuted")])
+def test_sharing_claims_give_one_verdict_on_functional_and_subclassed_models(catalogue, claim_id, runs_per_style,
+                                                                            verdict):
+    uri, results = catalogue
+    client = MlflowClient(uri)
+    result = results[claim_id]
+    assert result["verdict"] == verdict, result["evidence"]
+    assert result["evidence"].startswith("functional: ") and "; subclassed: " in result["evidence"]
+    styles = [client.get_run(run_id).data.tags[keys.TAG_MODEL_STYLE] for run_id in result["run_ids"]]
+    assert styles == ["functional"] * runs_per_style + ["subclassed"] * runs_per_style
+
+
 # Direct Keras computations, independent of layerprint.
 
 def test_c04_two_fresh_batchnorm_layers_give_equal_outputs(catalogue):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.logged import artifact_json
 from helpers.processes import MlflowServer, free_port, run_cli, wait_for_port
 from mlflow.tracking import MlflowClient
 
@@ -42,17 +43,23 @@ def _assert_complete(client, run):
 
 
 def test_joblib_runs_four_jobs_in_parallel_into_one_sqlite_store(tmp_path):
+    # The sweep also crosses the model style: the shared layer is seen in the subclassed model too.
     done = run_cli(["layerprint-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-                    "variant=duplicated,shared,copied,cloned", *SMALL], tmp_path, timeout=400)
+                    "variant=duplicated,shared", "model_style=functional,subclassed", "deterministic=true", *SMALL], tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stderr + done.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (parent,), children = _runs(client)
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.data.tags[keys.TAG_VARIANT] for c in children) == ["cloned", "copied", "duplicated", "shared"]
+    assert sorted((c.data.tags[keys.TAG_VARIANT], c.data.tags[keys.TAG_MODEL_STYLE]) for c in children) == [
+        ("duplicated", "functional"), ("duplicated", "subclassed"), ("shared", "functional"), ("shared", "subclassed")]
     for child in children:
         _assert_complete(client, child)
+        shared = artifact_json(client, child.info.run_id, keys.SHARING)["shared_layers"]
+        assert shared == ({"rep": 2} if child.data.tags[keys.TAG_VARIANT] == "shared" else {}), child.info.run_name
+    init = {c.info.run_name: c.data.tags[keys.TAG_INIT_FINGERPRINT] for c in children}
+    assert init["shared-dense-s0"] == init["shared-dense-s0-subclassed"]  # one model, written two ways
     pids = {c.data.tags.get("layerprint.pid") for c in children}
     assert len(pids) > 1, "jobs did not run in separate worker processes"
     assert parent.info.status == "FINISHED"

@@ -27,6 +27,7 @@ from layerprint import keys
 from layerprint.inspection.batchnorm import find_batchnorm_layers, moving_statistics
 from layerprint.inspection.fingerprint import exact_hash, fingerprint_arrays, l2_norm
 from layerprint.inspection.paths import owning_layer_path, unique_variables, variable_paths
+from layerprint.inspection.call_sites import count_call_sites
 from layerprint.inspection.sharing import sharing_report, symmetry_warning
 from layerprint.inspection.state import StateReader
 from layerprint.inspection.train_step import recorder_type
@@ -696,12 +697,13 @@ class LayerprintCallback(keras.callbacks.Callback):
         start_epoch = self._progress.last_epoch
         if self._bn_layers and start_epoch not in self._progress.bn_epochs:
             self._record_batchnorm_of(start_epoch, values)
+        sites = self._guard(PART_SHARING, count_call_sites, model)  # runs the model's call symbolically: here
         if values is not None:
-            self._background(PART_FINGERPRINTS, self._fingerprint_start, values, init_step, prefix)
+            self._background(PART_FINGERPRINTS, self._fingerprint_start, values, init_step, prefix, sites)
         if self.probe_batch is not None and start_epoch not in self._progress.probe_epochs:
             self._log(self._guard(PART_PROBE, self._probe, start_epoch) or {}, start_epoch)
 
-    def _fingerprint_start(self, initial: VariableValues, init_step: int, prefix: str) -> None:
+    def _fingerprint_start(self, initial: VariableValues, init_step: int, prefix: str, sites: Any) -> None:
         """The initial fingerprint and ``sharing.json``, off the training thread (``prefix``: the later
         fit's folder, empty for the run's first fit, which also sets the run's init tags)."""
         values = self._guard(PART_VALUES, initial.get)
@@ -710,7 +712,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         fingerprint = self._guard(PART_FINGERPRINTS, fingerprint_arrays, self._named(values))
         self._initial_fingerprint = fingerprint
         records = fingerprint["variables"] if fingerprint else []
-        sharing = self._guard(PART_SHARING, sharing_report, self._model, records)
+        sharing = self._guard(PART_SHARING, sharing_report, self._model, records, sites) if sites is not None else None
         self._sharing = sharing
         warning = symmetry_warning(sharing["identical_initial_values"]) if sharing else None
         if warning:

@@ -38,6 +38,7 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str, bool]]:
         ([train, "data.validation_split=1.5"], "data.validation_split=1.5 is not allowed", True),
         ([train, "deterministic=maybe"], "deterministic", True),
         ([train, "device=tpu"], "device='tpu' is not allowed", True),
+        ([train, "model_style=keras2"], "model_style='keras2' is not allowed; use one of: functional, sequential, subclassed", True),
         ([train, "device=gpu"], "device=gpu but TensorFlow sees no GPU", False),
         ([train, "no_such_key=1"], "no_such_key", True),
         ([train, "variant="], "variant", True),

@@ -98,8 +98,30 @@ def c01(lab: Lab) -> Verdict:
     return _layers_differ_at_init(lab, "dense")
 
 
-def c02(lab: Lab) -> Verdict:
-    run = lab.run("variant=shared", "layer=dense")
+# Claims about sharing are tested on the model written two ways: the runner's functional model, and the
+# same layers held by a subclassed model whose ``call`` applies them in a loop (``model_style``).
+STYLES = {"functional": (), "subclassed": ("model_style=subclassed",)}
+
+
+def in_both_styles(test: Callable[[Lab, tuple[str, ...]], Verdict]) -> Callable[[Lab], Verdict]:
+    """A claim's test run on a functional and on a subclassed model: the verdict both give, with both
+    pieces of evidence; ``error`` when they disagree (the finding would depend on how the model is written)."""
+
+    def both(lab: Lab) -> Verdict:
+        results = {style: test(lab, extra) for style, extra in STYLES.items()}
+        verdicts = {verdict for verdict, _, _ in results.values()}
+        evidence = "; ".join(f"{style}: {text}" for style, (_, text, _) in results.items())
+        run_ids = [run_id for _, _, ids in results.values() for run_id in ids]
+        if len(verdicts) > 1:
+            return ERROR, f"the model styles disagree: {evidence}", run_ids
+        return verdicts.pop(), evidence, run_ids
+
+    return both
+
+
+@in_both_styles
+def c02(lab: Lab, style: tuple[str, ...] = ()) -> Verdict:
+    run = lab.run("variant=shared", "layer=dense", *style)
     sites = run.sharing["shared_layers"].get("rep", 0)
     owned = sorted(run.variables_of("rep"))
     separate = sorted(run.variables_of("rep_0")) + sorted(run.variables_of("rep_1"))
@@ -121,9 +143,10 @@ def c04(lab: Lab) -> Verdict:
     return HOLDS, text, [run.run_id]
 
 
-def c05(lab: Lab) -> Verdict:
-    duplicated = lab.run("variant=duplicated", "layer=batchnorm")
-    shared = lab.run("variant=shared", "layer=batchnorm")
+@in_both_styles
+def c05(lab: Lab, style: tuple[str, ...] = ()) -> Verdict:
+    duplicated = lab.run("variant=duplicated", "layer=batchnorm", *style)
+    shared = lab.run("variant=shared", "layer=batchnorm", *style)
     gaps = {}
     for stat in keys.BN_STATS:
         a, b = duplicated.batchnorm[f"rep_0/{stat}"][-1], shared.batchnorm[f"rep/{stat}"][-1]
@@ -181,8 +204,9 @@ def c12(lab: Lab) -> Verdict:
     return _layers_differ_at_init(lab, "conv2d")
 
 
-def c13(lab: Lab) -> Verdict:
-    equal_at_init, _, run = _layers_equal_at_init(lab, "dense", "copied")
+@in_both_styles
+def c13(lab: Lab, style: tuple[str, ...] = ()) -> Verdict:
+    equal_at_init, _, run = _layers_equal_at_init(lab, "dense", "copied", *style)
     equal_after, different_after = compare_layers(run, "rep_0", "rep_1", stage="final")
     shared = [path for path in run.sharing["shared_variables"] if path.startswith(("rep_0/", "rep_1/"))]
     evidence = (f"copied dense: rep_0 and rep_1 {'equal' if equal_at_init else 'differ'} after set_weights; "

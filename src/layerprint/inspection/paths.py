@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from layerprint.compat.keras import direct_sublayers
+
 
 def owning_layer_path(variable_path: str) -> str:
     """The path of the layer that created a variable: its path without the last component
@@ -49,7 +51,8 @@ def root_prefix(model: Any, variables: list[Any] | None = None) -> str:
     notebook, a sweep) gets the same paths, and so the same fingerprint.
     """
     prefix = f"{model.name}/"
-    paths = [v.path for v in (model.variables if variables is None else variables)]
+    paths = [v.path for v in (model.variables if variables is None else variables)
+             if v.path.rsplit("/", 1)[-1] != SEED_STATE_NAME]  # a Dropout's RNG state is not under the model
     return prefix if paths and all(p.startswith(prefix) for p in paths) else ""
 
 
@@ -71,19 +74,10 @@ def walk_layers(model: Any) -> list[tuple[str, Any, Any]]:
     found = []
 
     def visit(parent: Any, prefix: str) -> None:
-        for layer in getattr(parent, "_layers", None) or _direct_sublayers(parent):
-            if type(layer).__name__ == "InputLayer":
-                continue
+        for layer in direct_sublayers(parent):
             path = f"{prefix}{layer.name}"
             found.append((path, layer, parent))
             visit(layer, path + "/")
 
     visit(model, "")
     return found
-
-
-def _direct_sublayers(layer: Any) -> list[Any]:
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is None:
-        return []
-    return list(flatten(include_self=False, recursive=False))

@@ -1,9 +1,13 @@
 """Which layers are called at several sites, which variables several layers use, and which distinct
 variables start bitwise identical (symmetry that random initialization did not break).
 
-Call sites come from the functional graph: a layer's call sites are its inbound nodes times the call
-sites of the functional model that contains it (a layer inside a block that is called twice runs at
-two sites). Layers of subclassed models create no nodes; their reuse inside ``call`` is not counted.
+Call sites come from one forward pass of the model, however it is written
+(``inspection.call_sites``): the functional graph, or a symbolic run of a subclassed ``call``.
+``shared_layers`` lists each layer *instance* called at more than one site, under its own path (where
+its variables live), with its calls over every path it is reached by; ``shared_variables`` lists each
+variable reached from several layer paths or call sites. When the calls inside a layer cannot be
+followed (a ``call`` that depends on the values), ``unknown_call_sites`` says so instead of reporting
+one call.
 
 Identity groups consider the variables that are meant to start different: weights of two or more
 dimensions (kernels, recurrent kernels, filters, embeddings), where random initialization breaks
@@ -20,37 +24,21 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from layerprint.inspection.paths import variable_paths, walk_layers
+from layerprint.inspection.call_sites import CallSites, count_call_sites
+from layerprint.inspection.paths import owning_layer_path, variable_paths, walk_layers
 
 
 def call_sites(model: Any) -> dict[str, int]:
-    """Number of call sites of every layer (by path), multiplied through nested blocks.
+    """Number of call sites of every layer path in one forward pass, multiplied through nested blocks
+    (``inspection.call_sites``; layers whose calls could not be followed are left out).
 
     Args:
         model: a built Keras model.
 
     Returns:
-        ``{layer path: n}``; layers with no node (subclassed models) count as one site.
+        ``{layer path: n}``.
     """
-    sites: dict[str, int] = {}
-    parent_sites: dict[int, int] = {id(model): 1}
-    for path, layer, parent in walk_layers(model):
-        n = _sites_in_graph(layer, parent) * parent_sites.get(id(parent), 1)
-        parent_sites[id(layer)] = max(parent_sites.get(id(layer), 0), n)
-        sites[path] = sites.get(path, 0) + n
-    return sites
-
-
-def _sites_in_graph(layer: Any, parent: Any) -> int:
-    """How often ``parent``'s own graph calls ``layer`` (a layer's nodes are global: a layer used in
-    two blocks has one node in each); 1 when the parent has no graph (subclassed models)."""
-    graph = getattr(parent, "_functional", None) or parent
-    graph_nodes = getattr(graph, "_nodes", None)
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    if graph_nodes is None:
-        return max(1, len(nodes))
-    # Keras keys a graph's nodes as "<id(layer)>_ib-<index in layer._inbound_nodes>".
-    return max(1, sum(1 for i in range(len(nodes)) if f"{id(layer)}_ib-{i}" in graph_nodes))
+    return count_call_sites(model).per_path
 
 
 def _own_variables(layer: Any) -> list[Any]:
@@ -59,19 +47,37 @@ def _own_variables(layer: Any) -> list[Any]:
     )
 
 
-def shared_variables(model: Any, sites: dict[str, int]) -> dict[str, list[str]]:
+def shared_layers(model: Any, sites: CallSites) -> dict[str, int]:
+    """Layer instances called at more than one site: ``{path: calls}``, under the path of the layer's own
+    variables (else the first path it is reached by), the calls summed over every path that reaches it."""
+    relative = variable_paths(model)
+    paths: dict[int, list[str]] = defaultdict(list)
+    layers: dict[int, Any] = {}
+    for path, layer, _ in walk_layers(model):
+        paths[id(layer)].append(path)
+        layers[id(layer)] = layer
+    shared = {}
+    for key, reached in paths.items():
+        total = sum(sites.per_path.get(path, 0) for path in set(reached))
+        if total > 1:
+            own = _own_variables(layers[key])
+            shared[owning_layer_path(relative[id(own[0])]) if own and id(own[0]) in relative else reached[0]] = total
+    return dict(sorted(shared.items()))
+
+
+def shared_variables(model: Any, sites: CallSites) -> dict[str, list[str]]:
     """Variables used by more than one layer path, or by a layer called at several sites.
 
     Returns:
-        ``{variable path: [layer path, ...]}``; a layer with ``n > 1`` call sites is listed once per
-        site as ``"<layer path>#<i>"``.
+        ``{variable path: [layer path, ...]}``; a path through which the layer runs ``n > 1`` times is
+        listed once per site as ``"<layer path>#<i>"``; a path it is never called through is left out.
     """
     relative = variable_paths(model)
     users: dict[int, tuple[str, list[str]]] = {}
     for path, layer, _ in walk_layers(model):
+        n = sites.per_path.get(path, 1)
         for variable in _own_variables(layer):
             entry = users.setdefault(id(variable), (relative.get(id(variable), variable.path), []))
-            n = sites.get(path, 1)
             entry[1].extend([path] if n == 1 else [f"{path}#{i}" for i in range(n)])
     return {vpath: sorted(set(paths)) for vpath, paths in users.values() if len(set(paths)) > 1}
 
@@ -109,23 +115,29 @@ def identical_groups(records: list[dict[str, Any]]) -> list[list[str]]:
     return sorted(sorted(paths) for paths in by_hash.values() if len(paths) > 1)
 
 
-def sharing_report(model: Any, initial_records: list[dict[str, Any]]) -> dict[str, Any]:
+def sharing_report(model: Any, initial_records: list[dict[str, Any]], sites: CallSites | None = None) -> dict[str, Any]:
     """The content of ``sharing.json``.
 
     Args:
         model: a built Keras model.
         initial_records: the per-variable records of the initial fingerprint.
+        sites: the model's call sites, when counted already (``count_call_sites``: on the training thread,
+            since it runs the model's ``call`` symbolically).
 
     Returns:
         ``{"shared_layers": {layer path: n_call_sites}, "shared_variables": {path: [layers]},
-        "identical_initial_values": [[path, ...], ...]}``.
+        "identical_initial_values": [[path, ...], ...]}``, and ``"unknown_call_sites": {layer path:
+        reason}`` when the calls inside some layer could not be followed.
     """
-    sites = call_sites(model)
-    return {
-        "shared_layers": {path: n for path, n in sorted(sites.items()) if n > 1},
+    sites = count_call_sites(model) if sites is None else sites
+    report = {
+        "shared_layers": shared_layers(model, sites),
         "shared_variables": shared_variables(model, sites),
         "identical_initial_values": identical_groups(initial_records),
     }
+    if sites.unknown:
+        report["unknown_call_sites"] = dict(sorted(sites.unknown.items()))
+    return report
 
 
 def symmetry_warning(groups: list[list[str]]) -> str | None:

@@ -1,8 +1,17 @@
-"""Building the model: input, the repeats made as the variant says, a head.
+"""Building the model: input, the repeats made as the variant says, a head, written in the style asked for.
 
 Repeats are named ``rep_0 .. rep_{N-1}`` (``rep`` when one instance is shared); for ``batchnorm``,
 a separately built ``Dense`` named ``spacer_i`` comes before each repeat. The head is a ``Dense(1)``
 (after global average pooling for images and sequences).
+
+Every layer is made and built in the same order with the same seeding whatever the style (by calling it
+on the functional graph's symbolic tensors), so that the styles give the same variable paths and, with a
+seed, the same initial weights. The style (``model_style``) then writes the model that holds them:
+
+- ``functional``: ``keras.Model(inputs, outputs)``;
+- ``sequential``: ``keras.Sequential`` of the layers in call order (a shared repeat appears N times);
+- ``subclassed``: ``RepeatedBlocks``, a ``keras.Model`` subclass whose ``call`` applies the layers in a
+  Python loop (a shared repeat is one attribute called N times), as most research code writes it.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import numpy as np
 
 from layerprint.errors import ConfigError
 from layerprint.runner.layer_kinds import KINDS, constant_overrides
-from layerprint.runner.schema import Variant
+from layerprint.runner.schema import ModelStyle, Variant
 
 
 def _seed_keras(seed: int) -> None:
@@ -42,7 +51,8 @@ def _argument_overrides(variant: Variant, kind: Any) -> dict[str, Any]:
 
 def _repeats(variant: Variant, kind_name: str, cfg: Any, n: int, seed: int, inputs: Any,
              shared_instance: bool = True) -> tuple[list[Any], Any]:
-    """Call the repeats on ``inputs``; returns (the layers in call order, the output tensor).
+    """Call the repeats on ``inputs``; returns (every layer called, spacers included, in call order; the
+    output tensor).
 
     With ``shared_instance=False`` every repeat gets its own initializer, regularizer or constraint
     instance (same class and arguments): the control for the ``shared_*`` variants.
@@ -53,10 +63,12 @@ def _repeats(variant: Variant, kind_name: str, cfg: Any, n: int, seed: int, inpu
         _seed_keras(seed)
 
     shared = kind.build(cfg, "rep", **overrides) if variant == Variant.SHARED else None
-    layers, x = [], inputs
+    layers, called, x = [], [], inputs
     for i in range(n):
         if kind.spacer:
-            x = keras.layers.Dense(cfg.width, activation="relu", name=f"spacer_{i}")(x)
+            spacer = keras.layers.Dense(cfg.width, activation="relu", name=f"spacer_{i}")
+            x = spacer(x)
+            called.append(spacer)
         if variant == Variant.RESEEDED:
             _seed_keras(seed)
         elif variant == Variant.TF_RESEEDED:
@@ -70,10 +82,11 @@ def _repeats(variant: Variant, kind_name: str, cfg: Any, n: int, seed: int, inpu
             layer = kind.build(cfg, f"rep_{i}", **own)
         x = layer(x)
         layers.append(layer)
+        called.append(layer)
     if variant == Variant.COPIED:
         for layer in layers[1:]:
             layer.set_weights(layers[0].get_weights())
-    return layers, x
+    return called, x
 
 
 def _clone(layer: Any, name: str) -> Any:
@@ -86,16 +99,17 @@ def _clone(layer: Any, name: str) -> Any:
 
 
 def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -> keras.Model:
-    """The functional model of one run.
+    """The model of one run.
 
     Args:
         cfg: the run config (``variant.name``, ``variant.shared_instance``, ``layer``, ``repeats``,
-            ``seed``).
+            ``seed``, ``model_style``).
         input_shape: per-sample input shape.
         output_units: units of the head (classes for integer labels, else target width).
 
     Returns:
-        An uncompiled ``keras.Model`` named ``layerprint_<variant>_<layer>``.
+        An uncompiled, built ``keras.Model`` named ``layerprint_<variant>_<layer>``, written as
+        ``model_style`` says (module doc).
     """
     variant, kind_name = Variant(cfg.variant.name), cfg.layer.kind
     kind = KINDS[kind_name]
@@ -103,14 +117,49 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], output_units: int = 1) -
     x = inputs
     if len(input_shape) + 1 != kind.rank:
         raise ConfigError(f"layer={kind_name} needs {kind.rank - 1}-D samples, the data has shape {input_shape}")
+    called = []
     if input_shape[-1] != cfg.layer.width:
         # The repeats map width -> width; project other feature counts once, before them.
-        x = kind.stem(cfg.layer.width, "stem")(x)
-    _, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x, cfg.variant.shared_instance)
+        stem = kind.stem(cfg.layer.width, "stem")
+        x = stem(x)
+        called.append(stem)
+    repeated, x = _repeats(variant, kind_name, cfg.layer, cfg.repeats, cfg.seed, x, cfg.variant.shared_instance)
+    called += repeated
     if kind.pooling is not None:
-        x = kind.pooling(name="pool")(x)
-    outputs = keras.layers.Dense(output_units, name="head")(x)
-    return keras.Model(inputs, outputs, name=f"layerprint_{variant.value}_{kind_name}")
+        pool = kind.pooling(name="pool")
+        x = pool(x)
+        called.append(pool)
+    head = keras.layers.Dense(output_units, name="head")
+    outputs = head(x)
+    called.append(head)
+    name = f"layerprint_{variant.value}_{kind_name}"
+    style = ModelStyle(cfg.model_style)
+    if style == ModelStyle.SEQUENTIAL:
+        return keras.Sequential([keras.Input(shape=input_shape, name="inputs"), *called], name=name)
+    if style == ModelStyle.SUBCLASSED:
+        model = RepeatedBlocks(called, name=name)
+        model.build((None, *input_shape))  # its layers are built: this records the input it takes
+        return model
+    return keras.Model(inputs, outputs, name=name)
+
+
+class RepeatedBlocks(keras.Model):
+    """The run's model written as a subclassed model: its layers held as attributes, applied in order in a
+    Python loop in ``call``; a shared repeat is one instance that ``call`` applies N times.
+
+    Args:
+        layers: the layers in call order (one instance may appear several times).
+        name: the model's name.
+    """
+
+    def __init__(self, layers: list[Any], name: str) -> None:
+        super().__init__(name=name)
+        self.blocks = layers
+
+    def call(self, x: Any) -> Any:
+        for layer in self.blocks:  # ``training`` reaches them through Keras's call context
+            x = layer(x)
+        return x
 
 
 def output_units(y: np.ndarray) -> tuple[int, str]:

@@ -43,7 +43,16 @@ class LayerKindName(str, Enum):
     BATCHNORM = "batchnorm"
 
 
+class ModelStyle(str, Enum):
+    """How the model that repeats the block is written (``model_style=``; see ``runner.models``)."""
+
+    FUNCTIONAL = "functional"
+    SEQUENTIAL = "sequential"
+    SUBCLASSED = "subclassed"
+
+
 VARIANTS = tuple(variant.value for variant in Variant)
+MODEL_STYLES = tuple(style.value for style in ModelStyle)
 LAYER_KINDS = tuple(kind.value for kind in LayerKindName)
 DEVICES = ("cpu", "gpu", "auto")
 DATA_SOURCES = ("synthetic", "npz")
@@ -103,6 +112,7 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     repeats: int = 2
+    model_style: str = "functional"
 
 
 def register_configs() -> None:
@@ -128,6 +138,8 @@ def validate(cfg: Any) -> None:
     """
     _require(cfg.variant.name in VARIANTS, f"variant {cfg.variant.name!r} is unknown; valid variants: {', '.join(VARIANTS)}")
     _require(cfg.layer.kind in LAYER_KINDS, f"layer {cfg.layer.kind!r} is unknown; valid layers: {', '.join(LAYER_KINDS)}")
+    _require(cfg.model_style in MODEL_STYLES,
+             f"model_style={cfg.model_style!r} is not allowed; use one of: {', '.join(MODEL_STYLES)}")
     _require(cfg.device in DEVICES, f"device={cfg.device!r} is not allowed; use one of: {', '.join(DEVICES)}")
     _require(cfg.data.source in DATA_SOURCES, f"data.source={cfg.data.source!r} is not allowed; use one of: {', '.join(DATA_SOURCES)}")
     _require(cfg.trainer.optimizer in OPTIMIZERS, f"trainer.optimizer={cfg.trainer.optimizer!r} is not allowed; use one of: {', '.join(OPTIMIZERS)}")

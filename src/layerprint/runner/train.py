@@ -54,8 +54,10 @@ def flatten_config(cfg: Any, prefix: str = "") -> dict[str, str]:
 
 
 def run_name(cfg: Any) -> str:
-    """The name of a job's run: ``tracking.run_name``, else ``<variant>-<layer>-s<seed>``."""
-    return cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}"
+    """The name of a job's run: ``tracking.run_name``, else ``<variant>-<layer>-s<seed>``, and the model
+    style when it is not functional (``shared-dense-s0-subclassed``)."""
+    style = "" if cfg.model_style == "functional" else f"-{cfg.model_style}"
+    return cfg.tracking.run_name or f"{cfg.variant.name}-{cfg.layer.kind}-s{cfg.seed}{style}"
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -99,6 +101,7 @@ def train(cfg: Any) -> dict[str, Any]:
         keys.TAG_VARIANT: cfg.variant.name,
         keys.TAG_LAYER: cfg.layer.kind,
         keys.TAG_SEED: str(cfg.seed),
+        keys.TAG_MODEL_STYLE: cfg.model_style,
         keys.TAG_DETERMINISTIC: str(bool(cfg.deterministic)).lower(),
         "layerprint.pid": str(os.getpid()),
         **describe_device(device),
