@@ -156,8 +156,10 @@ class RepeatedBlocks(keras.Model):
         super().__init__(name=name)
         self.blocks = layers
 
-    def call(self, x: Any) -> Any:
-        for layer in self.blocks:  # ``training`` reaches them through Keras's call context
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        # ``training`` must be an argument here for Keras to pass it on to the layers through its call
+        # context: without it, BatchNormalization never updates its moving statistics in fit.
+        for layer in self.blocks:
             x = layer(x)
         return x
 
