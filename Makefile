@@ -6,9 +6,13 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast bench example clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml Makefile  ## what the demo needs: layerprint and its dependencies
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-for-tests: $(BIN)/.installed  ## the test tools, the launchers' engines, the other backends
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# JAX for the JAX-backend test only, kept out of site-packages: TensorFlow imports jax whenever
 	# it can (tensorflow/lite), which costs every TensorFlow import about 0.8 s.
@@ -21,23 +25,23 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/tfkeras-site "tf-keras~=2.21.0"
 	touch $@
 
-demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and the UI command
+demo: $(BIN)/.installed  ## demo sweep into ./mlruns (SQLite), then the comparison and how to open the UI
 	$(BIN)/layerprint-train -m experiment=demo
 
-test: $(BIN)/.installed  ## every test, the slow ones too: two at a time (one xdist_group's one after another), then the timed ones alone
+test: $(BIN)/.installed-for-tests  ## every test, the slow ones too: two at a time (one xdist_group's one after another), then the timed ones alone
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup -m "not serial"
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial
 
-test-fast: $(BIN)/.installed  ## the tests not marked slow (unit and small end-to-end tests)
+test-fast: $(BIN)/.installed-for-tests  ## the tests not marked slow (unit and small end-to-end tests)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(BIN)/.installed  ## benchmarks; prints ratios measured in one run
+bench: $(BIN)/.installed-for-tests  ## benchmarks; prints ratios measured in one run
 	$(BIN)/python benchmarks/callback_overhead.py
 	$(BIN)/python benchmarks/fingerprint_resnet50.py
 	$(BIN)/python benchmarks/compare_50x1000.py
 	$(BIN)/python benchmarks/sweep_launchers.py
 
-example: $(BIN)/.installed  ## remake mlruns.example/ from the demo sweep (through a local mlflow server)
+example: $(BIN)/.installed-for-tests  ## remake mlruns.example/ from the demo sweep (through a local mlflow server)
 	$(BIN)/python scripts/make_example.py
 
 clean:

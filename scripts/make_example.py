@@ -6,8 +6,10 @@ Portable because the runs are logged through a server with proxied artifacts: th
 copy maps them to whatever ``--artifacts-destination`` it is given. The script checks the result:
 at most 5 MB, and no absolute path of this machine in any file.
 
-Run (from the repository root): ``make example``. Serve it (from the repository root):
+Run (from the repository root): ``make example``. Open it (from the repository root):
+``.venv/bin/layerprint ui --tracking-uri sqlite:///mlruns.example/mlflow.db``, which serves it with
 ``mlflow server --backend-store-uri sqlite:///mlruns.example/mlflow.db --artifacts-destination mlruns.example/artifacts --host 127.0.0.1 --port 5000``
+and prints where the sweep's runs part.
 """
 
 import os
@@ -81,9 +83,8 @@ def main() -> None:
         raise SystemExit(f"mlruns.example holds a path of this machine in: {', '.join(leaks)}")
     if size > MAX_BYTES:
         raise SystemExit(f"mlruns.example is {size / 1e6:.1f} MB, over the 5 MB limit")
-    print(f"mlruns.example: {len(files)} files, {size / 1e6:.2f} MB, no machine paths. Serve it with:\n"
-          "  mlflow server --backend-store-uri sqlite:///mlruns.example/mlflow.db "
-          "--artifacts-destination mlruns.example/artifacts --host 127.0.0.1 --port 5000")
+    print(f"mlruns.example: {len(files)} files, {size / 1e6:.2f} MB, no machine paths. Open it with:\n"
+          f"  {BIN / 'layerprint'} ui --tracking-uri sqlite:///mlruns.example/mlflow.db")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import json
 import re
-from urllib.parse import parse_qs
+import subprocess
 
 import pytest
 from helpers.processes import REPO, run_cli
@@ -64,14 +64,28 @@ def test_sweep_children_share_one_parent_described_and_shown_by_the_printed_addr
     assert parent.info.run_name == "sweep " + " ".join(user_overrides)
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags[keys.TAG_EXPERIMENT_KIND] == keys.EXPERIMENT_KIND  # the UI opens the runs table
-    # the printed address is MLflow's compare-runs page of the sweep's runs
-    ids = sorted(c.info.run_id for c in children.values())
-    address = next(line.split("then ", 1)[1] for line in done.stdout.splitlines() if "then http" in line)
-    assert address.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
-    query = parse_qs(address.split("?", 1)[1])
-    assert sorted(json.loads(query["runs"][0])) == ids and json.loads(query["experiments"][0]) == [experiment.experiment_id]
+    # the parent holds the comparison as MLflow data: the pair's loss gap at every step, the sweep's overrides
+    gap = keys.pair_key(keys.GAP_PREFIX, "first", "second")
+    assert [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, gap)] == [(1, 0.0), (2, 0.0)]
+    assert parent.data.metrics[keys.SWEEP_RUNS] == 2 and parent.data.metrics[keys.SWEEP_INIT_GROUPS] == 1
+    assert parent.data.params["tracking.run_name"] == "first,second" and parent.data.params["variant"] == "duplicated"
+    # the printed addresses open the runs' loss curves (a view saved on the experiment) and the gap charts
+    printed = dict(re.match(r"(The [a-z ]+):\s+(\S+)$", line).groups() for line in done.stdout.splitlines()
+                   if line.startswith("The "))
+    curves = printed["The loss curves"]
+    assert curves == (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+                      f"&compareRunsMode=CHART&viewStateShareKey={parent.info.run_id}")
+    assert f"mlflow.sharedViewState.{parent.info.run_id}" in experiment.tags
+    assert printed["The gap per pair"].endswith(f"/runs/{parent.info.run_id}/model-metrics?workflowType=machine_learning")
+    # every command it prints works when pasted into a new shell, the virtual environment not active
+    compare_again = next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Compare again"))
+    pasted = subprocess.run(compare_again, shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert pasted.returncode == 0 and "diverges at" in pasted.stdout, pasted.stderr[-2000:]
+    assert "/bin/layerprint ui --tracking-uri sqlite:///" in done.stdout
     # descriptions: the parent's is the comparison, each run's says what it is and what it starts equal to
     note = parent.data.tags[keys.TAG_NOTE]
+    assert note.startswith("**Where the runs part**: [the loss curves of the 2 runs](#/experiments/")
     assert "Comparison of this sweep's 2 runs" in note and "G1: " in note
     assert re.search(r"\| (first|second) \| (first|second) \| never \| never \|", note), note
     assert f"get-artifact?path=compare%2Floss_curves.png&run_uuid={parent.info.run_id}" in note
@@ -79,8 +93,11 @@ def test_sweep_children_share_one_parent_described_and_shown_by_the_printed_addr
     assert "| starts bitwise-identical to | second |" in first and "| first non-finite loss | none |" in first
     assert f"`{children['first'].data.tags[keys.TAG_INIT_FINGERPRINT][:16]}`" in first
     assert "| variant | `duplicated` |" in first and "| seed | 0 |" in first
-    # and in a real browser, the printed address shows both runs (scripts/ui_check.py, headless Chromium)
-    check = run_cli(["python", str(REPO / "scripts" / "ui_check.py"), str(tmp_path / "mlruns"), "--address", address],
+    # `layerprint compare` with no selection compares the store's latest sweep
+    latest = run_cli(["layerprint", "compare", "--format", "json"], tmp_path)
+    assert latest.returncode == 0 and sorted(r["run_name"] for r in json.loads(latest.stdout)["runs"]) == ["first", "second"]
+    # and in a real browser, the printed address shows the loss curves of both runs (scripts/ui_check.py)
+    check = run_cli(["python", str(REPO / "scripts" / "ui_check.py"), str(tmp_path / "mlruns"), "--address", curves],
                     tmp_path, timeout=600)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "every check passed (2 runs" in check.stdout and check.stdout.count(": ok") == 5, check.stdout

@@ -1,11 +1,17 @@
 """The MLflow UI in a real browser (headless Chromium, installed by the script when missing), on
-``mlruns.example/``: the sweep's compare-runs page shows its runs, the parent run shows the comparison, the
-report renders. (A fresh sweep's printed address is checked the same way in ``test_cli.py``.)"""
+``mlruns.example/``: the sweep's loss curves, the gap of every pair and the parent run's metrics, params and
+comparison, in MLflow's model-training navigation; the report renders (a fresh sweep's printed address is
+checked the same way in ``test_cli.py``). ``layerprint ui`` serves a store and prints those addresses."""
 
 import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 
 import pytest
-from helpers.processes import REPO, run_cli
+from helpers.processes import BIN, REPO, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 UI_CHECK = str(REPO / "scripts" / "ui_check.py")
@@ -17,3 +23,44 @@ def test_the_example_store_shows_its_sweep(tmp_path):
     check = run_cli(["python", UI_CHECK, str(store)], tmp_path, timeout=600)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "every check passed (12 runs of sweep 'sweep experiment=demo device=cpu')" in check.stdout
+
+
+def test_layerprint_ui_serves_a_store_prints_its_latest_sweep_and_stops_on_ctrl_c(tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(REPO / "mlruns.example", store)
+    port = free_port()
+    ui = subprocess.Popen([str(BIN / "layerprint"), "ui", "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}",
+                           "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path)
+    try:
+        lines = [ui.stdout.readline() for _ in range(5)]
+        assert lines[0].startswith(f"layerprint ui: serving sqlite:///{store}/mlflow.db at http://127.0.0.1:{port}"), lines
+        printed = dict(line.split(":", 1) for line in lines[2:])
+        curves, gaps = printed["The loss curves"].strip(), printed["The gap per pair"].strip()
+        assert curves.startswith(f"http://127.0.0.1:{port}/#/experiments/") and "viewStateShareKey=" in curves
+        assert gaps.startswith(f"http://127.0.0.1:{port}/#/experiments/") and "/model-metrics?" in gaps
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        ui.send_signal(signal.SIGINT)
+        out, err = ui.communicate(timeout=60)
+    assert ui.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert wait_until_free(port)
+
+
+def wait_until_free(port, timeout=30):
+    """Whether nothing listens on 127.0.0.1:``port`` within ``timeout`` seconds (the server and its workers
+    are gone)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        time.sleep(0.3)
+    return False
+
+
+def test_layerprint_ui_on_a_tracking_server_only_prints_its_addresses(tmp_path, mlflow_server):
+    done = run_cli(["layerprint", "ui", "--tracking-uri", mlflow_server.uri], tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"No sweep in this store yet: {mlflow_server.uri}/#/experiments?workflowType=machine_learning"

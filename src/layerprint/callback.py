@@ -39,6 +39,9 @@ from layerprint.tracking.steps import StepRecord
 from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
 
 logger = logging.getLogger("layerprint")
+# What the callback finds in the model (symmetry that training never breaks), as opposed to its own trouble:
+# the runner keeps these out of its jobs' logs and prints them after a sweep as findings.
+findings = logging.getLogger("layerprint.findings")
 
 # The parts of the callback's work; a part that raises is reported once and skipped from then on.
 PART_RUN = "run"
@@ -716,7 +719,7 @@ class LayerprintCallback(keras.callbacks.Callback):
         self._sharing = sharing
         warning = symmetry_warning(sharing["identical_initial_values"]) if sharing else None
         if warning:
-            logger.warning(warning)
+            findings.warning(warning)
         if fingerprint is not None:
             if not prefix:
                 self._set_tags({keys.TAG_INIT_FINGERPRINT: fingerprint["model"],

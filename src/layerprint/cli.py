@@ -1,4 +1,4 @@
-"""``layerprint``: compare runs, test the seed articles' claims, send spooled points."""
+"""``layerprint``: compare runs, test the seed articles' claims, send spooled points, open the UI."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     compare = commands.add_parser("compare", help="which runs started identical and where they diverge")
-    compare.add_argument("--experiment", help="compare the layerprint runs of this experiment (default: layerprint)")
+    compare.add_argument("--experiment", help="compare the layerprint runs of this experiment (default: the runs of the "
+                         "store's latest sweep, else the experiment layerprint)")
     compare.add_argument("--tracking-uri", help="store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     compare.add_argument("--run-ids", nargs="+", metavar="ID", help="compare exactly these runs")
     compare.add_argument("--parent", metavar="RUN_ID", help="compare the jobs of this sweep parent run")
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                       "was meant for")
     what.add_argument("--list", action="store_true", help="list the spooled runs and their stores; send nothing")
     what.add_argument("--drop", metavar="RUN_ID", nargs="+", help="delete these spooled runs (give up on them)")
+
+    ui = commands.add_parser("ui", help="serve the store with MLflow's UI on 127.0.0.1 and print where the latest "
+                             "sweep's runs part")
+    ui.add_argument("--tracking-uri", help="store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db); an "
+                    "http(s) server is not served again, only its addresses are printed")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; the next free one when "
+                    "it is taken)")
     return parser
 
 
@@ -54,30 +62,79 @@ def _compare(args: argparse.Namespace) -> int:
     from layerprint.analysis.report import render, write_report
     from layerprint.analysis.runs import collect, common_parent
     from layerprint.errors import ConfigError
-    from layerprint.tracking.store import open_store, resolve_tracking_uri
+    from layerprint.tracking.store import open_store
 
     atol = DEFAULT_ATOL if args.atol is None else args.atol
     rtol = DEFAULT_RTOL if args.rtol is None else args.rtol
     if atol < 0 or rtol < 0:
         raise ConfigError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
-    uri = resolve_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(uri[len("sqlite:///"):]).is_file():
-            raise LayerprintError(f"no tracking store at {uri}; run layerprint-train first or give --tracking-uri")
+    uri = _existing_store(args.tracking_uri)
     client = open_store(uri)
     records = collect(client, args.experiment, args.run_ids, args.parent)
     report = compare_records(records, atol, rtol)
     print(render(report, args.format))
     if args.out:
+        from layerprint.analysis.publish import publish_comparison
+
         written = write_report(report, args.out, records)
         parent = common_parent(records)
         if parent:
-            for path in written:
-                client.log_artifact(parent, str(path), "compare")
+            publish_comparison(client, parent, report, records, written)
         print(f"layerprint compare: wrote {len(written)} file(s) to {args.out}"
-              + (f" and logged them to the sweep parent run {parent}" if parent else ""), file=sys.stderr)
+              + (f" and logged them, and the comparison, to the sweep parent run {parent}" if parent else ""),
+              file=sys.stderr)
+    return 0
+
+
+def _existing_store(tracking_uri: str | None) -> str:
+    """The store to read (resolved as everywhere), refused in one line when a SQLite file is not there."""
+    from pathlib import Path
+
+    from layerprint.tracking.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LayerprintError(f"no tracking store at {uri}; run layerprint-train first or give --tracking-uri")
+    return uri
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from layerprint.analysis.addresses import comparison_addresses
+    from layerprint.analysis.runs import latest_sweep
+    from layerprint.errors import ConfigError
+    from layerprint.tracking import server
+    from layerprint.tracking.redact import strip_credentials
+    from layerprint.tracking.store import open_store
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    uri = _existing_store(args.tracking_uri)
+    sweep = latest_sweep(open_store(uri))
+    process = None
+    if uri.startswith(("http://", "https://")):
+        ui = strip_credentials(uri).rstrip("/")
+    else:
+        folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
+        log = Path(tempfile.mkdtemp(prefix="layerprint-ui-")) / "server.log"
+        process, ui = server.serve(uri, server.free_port(args.port), folder / "artifacts", log)
+        print(f"layerprint ui: serving {strip_credentials(uri)} at {ui} (Ctrl-C stops it)")
+    if sweep is not None:
+        curves, gaps, parent = comparison_addresses(ui, sweep.info.experiment_id, sweep.info.run_id)
+        print(f"The latest sweep, {sweep.info.run_name!r}:\nThe loss curves:  {curves}\n"
+              f"The gap per pair: {gaps}\nIts parent run:   {parent}", flush=True)
+    else:
+        print(f"No sweep in this store yet: {ui}/#/experiments?workflowType=machine_learning", flush=True)
+    if process is None:
+        return 0
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(process)
     return 0
 
 
@@ -146,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # claims prints its own table
     args = _parser().parse_args(argv)
     try:
-        code = {"compare": _compare, "claims": _claims, "sync": _sync}[args.command](args)
+        code = {"compare": _compare, "claims": _claims, "sync": _sync, "ui": _ui}[args.command](args)
     except LayerprintError as error:
         from layerprint.tracking.redact import redact
 

@@ -62,6 +62,21 @@ BN_SUMMARIES = ("mean", "std", "min", "max")
 BN_STATS = ("moving_mean", "moving_variance")
 
 
+# A sweep parent's comparison as MLflow data (``analysis.publish``): one series or value per compared pair
+# ``<run a>__<run b>``, and counts of the sweep.
+GAP_PREFIX = "gap/"  # |loss_a - loss_b| at every step both runs logged
+LOSSES_PART_PREFIX = "losses_part_at_step/"  # compare's first_divergence_step (logged at step 0)
+WEIGHTS_PART_PREFIX = "weights_part_at_step/"  # compare's first_weight_divergence step (logged at step 0)
+SWEEP_RUNS = "sweep/runs"
+SWEEP_INIT_GROUPS = "sweep/identical_init_groups"  # groups of 2+ runs that start bitwise identical
+SWEEP_PAIRS_SHARING_INIT = "sweep/pairs_sharing_init"
+
+
+def pair_key(prefix: str, run_a: str, run_b: str) -> str:
+    """Key of one compared pair's metric, e.g. ``gap/copied-dense-s7__duplicated-dense-s7``."""
+    return sanitize_key(f"{prefix}{run_a}__{run_b}")
+
+
 def step_key(metric: str) -> str:
     """Key of a per-step training metric, e.g. ``train/loss``."""
     return STEP_PREFIX + metric

@@ -60,6 +60,8 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str, bool]]:
         (["layerprint", "compare", "--format", "xml"], "invalid choice: 'xml'", False),
         (["layerprint", "compare", "--tracking-uri", "sqlite:////nonexistent-dir/x.db"], "no tracking store", False),
         (["layerprint", "claims", "--only", "C99"], "unknown claim id(s) C99", False),
+        (["layerprint", "ui", "--port", "0"], "--port must be between 1 and 65535, got 0", False),
+        (["layerprint", "ui", "--tracking-uri", "sqlite:////nonexistent-dir/x.db"], "no tracking store", False),
         (["layerprint", "frobnicate"], "invalid choice: 'frobnicate'", False),
     ]
 

@@ -147,6 +147,13 @@ def weight_distance(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | 
     return total, {layer: float(np.sqrt(v)) for layer, v in per_layer.items()}
 
 
+def same_layer_pairs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's pairs of runs of the same layer kind (the ones the tables show: pairs of different
+    layers part at step 1 by construction)."""
+    layer = {run["run_id"]: run["layer"] for run in report["runs"]}
+    return [pair for pair in report["pairs"] if layer[pair["a"]] == layer[pair["b"]]]
+
+
 def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
     """The comparison report (the ``--format json`` document).
 

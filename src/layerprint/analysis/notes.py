@@ -12,7 +12,9 @@ import math
 from typing import Any
 from urllib.parse import quote
 
+from layerprint.analysis.addresses import comparison_addresses
 from layerprint.analysis.runs import RunRecord
+from layerprint.compat.mlflow import run_artifact_address
 
 MAX_PAIRS_LISTED = 30
 
@@ -82,7 +84,12 @@ def sweep_note(report: dict[str, Any], parent_run_id: str, experiment_id: str, p
     """
     names = {r["run_id"]: r["run_name"] for r in report["runs"]}
     groups = [g for g in report["init_groups"] if len(g) > 1]
-    lines = [f"## Comparison of this sweep's {len(report['runs'])} runs", ""]
+    # The page shows the first lines only until "Show more" is clicked: the links come first.
+    runs_view, gaps, _ = (address.lstrip("/") for address in comparison_addresses("", experiment_id, parent_run_id))
+    lines = [f"**Where the runs part**: [the loss curves of the {len(report['runs'])} runs]({runs_view}) · "
+             f"[the loss gap of every pair]({gaps}) · "
+             f"[report.html]({_artifact(parent_run_id, 'compare/report.html')})", "",
+             f"## Comparison of this sweep's {len(report['runs'])} runs", ""]
     lines.append(f"**Identical initial weights**: {len(groups)} group(s) of runs that start bitwise-identical"
                  + (":" if groups else "; every run starts from its own weights."))
     lines += [f"- G{i + 1}: " + ", ".join(names[r] for r in group) for i, group in enumerate(groups)]
@@ -100,7 +107,8 @@ def sweep_note(report: dict[str, Any], parent_run_id: str, experiment_id: str, p
         if len(identical) > MAX_PAIRS_LISTED:
             lines.append(f"\n({len(identical) - MAX_PAIRS_LISTED} more in the report)")
     lines += ["", f"**Full report**: [report.html]({_artifact(parent_run_id, 'compare/report.html')}) "
-              f"(also under [Artifacts](#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts), `compare/`)", ""]
+              f"(also under [Artifacts]({run_artifact_address('', experiment_id, parent_run_id).lstrip('/')}), `compare/`)",
+              ""]
     for plot in plots:
         title = plot.rsplit(".", 1)[0].replace("_", " ")
         lines += [f"**{title}**", "", f"![{title}]({_artifact(parent_run_id, 'compare/' + plot)})", ""]

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from layerprint.analysis.compare import same_layer_pairs
 from layerprint.analysis.runs import RunRecord
 
 
@@ -44,16 +45,10 @@ def _rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
     run_rows = [[r["run_name"], r["variant"] or "-", r["layer"] or "-", r["seed"] or "-",
                  f"G{group_of.get(r['run_id'], '-')}", (r["init_fingerprint"] or "-")[:12], r["status"]]
                 for r in report["runs"]]
-    same_layer = [p for p in report["pairs"]
-                  if _layer_of(report, p["a"]) == _layer_of(report, p["b"])]
     pair_rows = [[names[p["a"]], names[p["b"]], _fmt(p["identical_init"]), _fmt(p["first_divergence_step"]),
                   _weights_part(p.get("first_weight_divergence"), 22), _fmt(p["max_loss_gap"]),
-                  _fmt(p["final_weight_distance"])] for p in same_layer]
+                  _fmt(p["final_weight_distance"])] for p in same_layer_pairs(report)]
     return run_rows, pair_rows
-
-
-def _layer_of(report: dict[str, Any], run_id: str) -> str | None:
-    return next(r["layer"] for r in report["runs"] if r["run_id"] == run_id)
 
 
 RUN_HEADER = ["run", "variant", "layer", "seed", "init group", "init fp", "status"]
@@ -87,6 +82,21 @@ def format_table(report: dict[str, Any]) -> str:
     if bn_rows:
         lines += ["", "BatchNorm moving-stat gap at the last epoch (same layer, or a shared `rep` vs each `rep_i`):",
                   table(BN_HEADER, bn_rows)]
+    return "\n".join(lines)
+
+
+def format_findings(records: list[RunRecord]) -> str:
+    """The symmetry findings of compared runs, for the terminal: in each run, the groups of distinct
+    variables that start bitwise identical (``sharing.json``), which training never separates."""
+    found = [(record.run_name, record.sharing.get("identical_initial_values") or []) for record in records]
+    found = [(name, groups) for name, groups in found if groups]
+    if not found:
+        return "Findings: no run has distinct variables that start bitwise identical."
+    lines = [f"Findings: {len(found)} run(s) have distinct variables that start bitwise identical; "
+             "training never separates them:"]
+    for name, groups in found:
+        shown = "; ".join(" = ".join(group) for group in groups[:2]) + (f" (+{len(groups) - 2} groups)" if len(groups) > 2 else "")
+        lines.append(f"  {name}: {shown}")
     return "\n".join(lines)
 
 

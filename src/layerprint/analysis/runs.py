@@ -51,9 +51,20 @@ class RunRecord:
         return {path[len(layer) + 1:]: entry for path, entry in table.items() if path.startswith(layer + "/")}
 
 
+def latest_sweep(client: Any) -> Any:
+    """The store's most recent sweep parent run (tag ``layerprint.sweep_dir``), in any experiment, or None."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(experiments, filter_string=f"tags.`{keys.TAG_SWEEP_DIR}` != ''",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
 def select_runs(client: Any, experiment: str | None = None, run_ids: list[str] | None = None,
                 parent_run_id: str | None = None) -> list[Any]:
-    """MLflow runs to compare: by id, by sweep parent, or every layerprint run of an experiment.
+    """MLflow runs to compare: by id, by sweep parent, every layerprint run of an experiment, or, given
+    none of these, the runs of the store's latest sweep (else of the experiment ``layerprint``).
 
     Raises:
         TrackingError: unknown run id or experiment, or nothing to compare.
@@ -66,6 +77,9 @@ def select_runs(client: Any, experiment: str | None = None, run_ids: list[str] |
             except Exception:  # noqa: BLE001 - MLflow raises several types for a missing run
                 raise TrackingError(f"run {run_id!r} does not exist in this tracking store") from None
         return runs
+    if not experiment and not parent_run_id:
+        latest = latest_sweep(client)
+        parent_run_id = latest.info.run_id if latest is not None else None
     if parent_run_id:
         try:
             parent = client.get_run(parent_run_id)

@@ -17,8 +17,8 @@ import atexit
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from hydra.experimental.callback import Callback
 
@@ -108,8 +108,8 @@ class SweepParentRun(Callback):
         if self.client is None or self.parent_run_id is None:
             return  # on_multirun_start failed (Hydra reported it); there is no parent run to close
         from layerprint.analysis.compare import compare_records
-        from layerprint.analysis.notes import run_note, sweep_note
-        from layerprint.analysis.report import format_table, write_report
+        from layerprint.analysis.publish import publish_comparison
+        from layerprint.analysis.report import format_findings, format_table, write_report
         from layerprint.analysis.runs import collect
 
         if self.local_ray is not None:
@@ -124,14 +124,10 @@ class SweepParentRun(Callback):
             out_dir = os.path.join(str(config.hydra.sweep.dir), "layerprint-compare")
             map_fn = joblib_map(config.hydra.launcher) or (self.plot_workers.map if self.plot_workers else None)
             written = write_report(report, out_dir, records, map_fn=map_fn)
-            for path in written:
-                self.client.log_artifact(self.parent_run_id, str(path), "compare")
-            plots = [path.name for path in written if path.suffix == ".png"]
-            self.client.set_tag(self.parent_run_id, keys.TAG_NOTE,
-                                sweep_note(report, self.parent_run_id, experiment_id, plots))
-            for record in records:  # now that the init groups are known
-                self.client.set_tag(record.run_id, keys.TAG_NOTE, run_note(record, report))
+            publish_comparison(self.client, self.parent_run_id, report, records, written,
+                               sweep_params(config.hydra.overrides.task, config.hydra.sweeper.get("params")))
             print("\n" + format_table(report))
+            print("\n" + format_findings(records))
             print(f"\nReport and plots: {out_dir} (also in the parent run, under compare/)")
         if self.plot_workers is not None:
             self.plot_workers.stop()
@@ -142,13 +138,7 @@ class SweepParentRun(Callback):
             for line in failed_jobs:
                 print(f"  {line}", file=sys.stderr)
         self._close("FAILED" if failed_jobs else "FINISHED")
-        children = [run.info.run_id for run in self._children()]
-        print(
-            f"\nSweep parent run: {self.parent_run_id} ({strip_credentials(self.uri)})\n"
-            f"Compare again:    layerprint compare --tracking-uri {strip_credentials(self.uri)} --parent {self.parent_run_id}\n"
-            f"Open the UI:      {ui_command(self.uri)}\n"
-            f"                  then {compare_runs_address(ui_address(self.uri), experiment_id, children)}"
-        )
+        print("\n" + next_steps(self.uri, experiment_id, self.parent_run_id))
         stop_joblib_workers(config.hydra.launcher)
         if self.local_ray is not None:
             self.local_ray.wait_stopped()
@@ -178,26 +168,34 @@ def sweep_run_name(task_overrides: list[str]) -> str:
     return redact(" ".join(["sweep", *kept]))[:250]
 
 
-def ui_address(uri: str) -> str:
-    """Where the UI of a store is: the server itself, or the local ``mlflow ui`` of ``ui_command``."""
-    if uri.startswith(("http://", "https://")):
-        return strip_credentials(uri).rstrip("/")
-    return "http://127.0.0.1:5000"
+def sweep_params(task_overrides: list[str], sweeper_params: Any) -> dict[str, str]:
+    """The parent run's params: every override of the command line under its key (``variant``,
+    ``experiment``, ``hydra/launcher``), and what the sweeper sweeps (from an ``experiment`` config) under
+    ``sweep.<key>``; credentials removed."""
+    params = {}
+    for override in task_overrides:
+        key, _, value = override.partition("=")
+        params[key.lstrip("+~")] = redact(value)
+    for key, value in (sweeper_params or {}).items():
+        params[f"sweep.{key}"] = redact(str(value))
+    return params
 
 
-def compare_runs_address(ui: str, experiment_id: str, run_ids: list[str]) -> str:
-    """The address of MLflow's compare-runs page for ``run_ids``: their names, params and metric charts
-    side by side on one page (``#/compare-runs?runs=[...]&experiments=[...]``, as the UI itself links it).
-    With no runs: the experiment's runs page."""
-    if not run_ids:
-        return f"{ui}/#/experiments/{experiment_id}"
-    runs = quote(json.dumps(run_ids, separators=(",", ":")), safe="")
-    experiments = quote(json.dumps([experiment_id], separators=(",", ":")), safe="")
-    return f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}"
+def next_steps(uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """What the sweep prints last: its parent run, and commands that work when pasted into a new shell (the
+    programs by their full path: the virtual environment need not be active), with the UI's addresses."""
+    from layerprint.analysis.addresses import DEFAULT_UI, comparison_addresses
 
+    bin_dir = Path(sys.executable).parent
+    shown = strip_credentials(uri)
+    served = uri.startswith(("http://", "https://"))
+    curves, gaps, _ = comparison_addresses(shown.rstrip("/") if served else DEFAULT_UI, experiment_id, parent_run_id)
+    lines = [f"Sweep parent run: {parent_run_id} ({shown})",
+             f"Compare again:    {bin_dir / 'layerprint'} compare --tracking-uri {shown} --parent {parent_run_id}"]
+    if not served:
+        lines.append(f"Open the UI:      {bin_dir / 'layerprint'} ui --tracking-uri {shown}")
+        lines.append(f"                  (serves this store on {DEFAULT_UI}, or the next free port, and prints these)")
+    lines.append(f"The loss curves:  {curves}")
+    lines.append(f"The gap per pair: {gaps}")
+    return "\n".join(lines)
 
-def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on a store, bound to 127.0.0.1."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {strip_credentials(uri)} in a browser"
-    return f"{sys.executable} -m mlflow ui --backend-store-uri {strip_credentials(uri)} --host 127.0.0.1 --port 5000"

@@ -8,6 +8,7 @@ hands over to Hydra, so ``-m`` sweeps, launchers and callbacks work as in any Hy
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -67,7 +68,8 @@ def train(cfg: Any) -> dict[str, Any]:
         cfg: a composed ``TrainConfig`` (DictConfig).
 
     Returns:
-        ``{"run_id", "status", "init_fingerprint", "final_fingerprint", "final_loss"}``.
+        ``{"run_id", "status", "identical_initial_values", "init_fingerprint", "final_fingerprint",
+        "final_loss"}`` (the groups of ``sharing.json``: distinct variables that start bitwise identical).
 
     Raises:
         LayerprintError: bad config, data, device or store; raised before any run is created.
@@ -87,9 +89,10 @@ def train(cfg: Any) -> dict[str, Any]:
 
     import keras
 
-    from layerprint.callback import LayerprintCallback
+    from layerprint.callback import LayerprintCallback, findings
     from layerprint.runner.models import build_model, output_units
 
+    findings.setLevel(logging.ERROR)  # printed as findings after the run or the sweep, not inside its log
     units, loss = output_units(y)
     model = build_model(cfg, tuple(x.shape[1:]), units)
     optimizer = keras.optimizers.get({"class_name": cfg.trainer.optimizer,
@@ -152,6 +155,7 @@ def train(cfg: Any) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "status": status,
+        "identical_initial_values": (callback.sharing or {}).get("identical_initial_values") or [],
         "init_fingerprint": callback.initial_fingerprint["model"] if callback.initial_fingerprint else None,
         "final_fingerprint": callback.final_fingerprint["model"] if callback.final_fingerprint else None,
         "final_loss": final_loss,
@@ -239,6 +243,10 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(2 if isinstance(error, LayerprintError) else 1)
     print(f"layerprint-train: run {result['run_id']} {result['status']}: {cfg.variant.name} x {cfg.layer.kind}, "
           f"seed {cfg.seed}, init {result['init_fingerprint'][:12]}, final loss {result['final_loss']:.6g}")
+    if result["identical_initial_values"] and not in_multirun():  # a sweep prints its findings at its end
+        groups = "; ".join(" = ".join(group) for group in result["identical_initial_values"])
+        print(f"layerprint-train: finding: these distinct variables start bitwise identical, and training never "
+              f"separates them: {groups}")
     return result["final_loss"]
 
 
