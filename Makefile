@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast bench example clean
 
+# uv installs from its cache in seconds where pip takes a minute (TensorFlow's wheel); pip when uv is not there.
 $(BIN)/.installed: pyproject.toml Makefile  ## what the demo needs: layerprint and its dependencies
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check uv && $(BIN)/uv pip install --quiet --python $(BIN)/python -e . \
+		|| $(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 $(BIN)/.installed-for-tests: $(BIN)/.installed  ## the test tools, the launchers' engines, the other backends
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]" || $(BIN)/pip install --quiet -e ".[dev]"
 	# JAX for the JAX-backend test only, kept out of site-packages: TensorFlow imports jax whenever
 	# it can (tensorflow/lite), which costs every TensorFlow import about 0.8 s.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/jax-site "jax>=0.4.34" "jaxlib>=0.4.34"
