@@ -21,12 +21,16 @@ def _isolated(tmp_path, monkeypatch):
     yield
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # a full collection costs 2 s once TensorFlow holds many graphs
     import mlflow
 
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    # mlflow.set_experiment chooses the experiment for the process and its subprocesses (a global and
+    # MLFLOW_EXPERIMENT_ID): the next test's runs go to the default experiment of its own store.
+    mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture

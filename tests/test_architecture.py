@@ -1,8 +1,11 @@
 """The layer rules, enforced on the import graph of ``src/layerprint`` (read with ``ast``, nothing imported):
-no cycles, counting imports inside functions too; analysis, tracking, inspection and the callback never
-import the runner or Hydra; the callback uses only inspection, tracking, keys and errors."""
+no cycles, counting imports inside functions too; the callback library (the callback, its rooms in ``fit``,
+``recording``, ``tracking``, ``inspection``) and the analysis never import the runner or Hydra; data flows one
+way, hook -> recording -> sink; private APIs of the dependencies are used in ``compat`` only."""
 
 import ast
+import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -71,34 +74,73 @@ def test_no_module_imports_another_in_a_cycle():
 
 
 @pytest.mark.parametrize("layer", ["layerprint.analysis", "layerprint.tracking", "layerprint.inspection",
-                                   "layerprint.callback"])
+                                   "layerprint.callback", "layerprint.fit", "layerprint.recording", "layerprint.cache",
+                                   "layerprint.compat.keras", "layerprint.compat.mlflow"])
 def test_lower_layers_never_import_the_runner_or_hydra(layer):
     bad = {name: sorted(t for t in targets if _in(t, "layerprint.runner", *HYDRA))
            for name, targets in GRAPH.items() if _in(name, layer)}
     assert {name: targets for name, targets in bad.items() if targets} == {}
 
 
-def test_the_callback_imports_only_inspection_tracking_keys_and_errors():
-    ours = {t for t in GRAPH["layerprint.callback"] if t.startswith("layerprint")}
-    assert ours and all(_in(t, "layerprint.inspection", "layerprint.tracking", "layerprint.keys", "layerprint.errors")
-                        for t in ours), ours
+def _ours(name: str) -> set[str]:
+    return {t for t in GRAPH[name] if t.startswith("layerprint")}
+
+
+def _only(names: set[str], *allowed: str) -> list[str]:
+    return sorted(t for t in names if not _in(t, *allowed))
+
+
+def test_the_callback_is_a_thin_adapter_over_its_rooms():
+    assert _only(_ours("layerprint.callback"), "layerprint.fit", "layerprint.recording.recorder", "layerprint.cache",
+                 "layerprint.compat.keras") == []
+
+
+def test_data_flows_one_way_hook_recording_sink():
+    for name in GRAPH:
+        if _in(name, "layerprint.fit"):  # a fit uses the layers below it, never the analysis or the runner
+            assert _only(_ours(name), "layerprint.fit", "layerprint.recording", "layerprint.inspection",
+                         "layerprint.tracking", "layerprint.compat.keras", "layerprint.compat.mlflow", "layerprint.cache",
+                         "layerprint.keys", "layerprint.errors") == [], name
+        if _in(name, "layerprint.recording"):  # it is given its sink: it never imports tracking, nor a fit
+            assert _only(_ours(name), "layerprint.recording", "layerprint.compat.keras", "layerprint.cache",
+                         "layerprint.keys") == [], name
 
 
 def test_tracking_and_inspection_stand_alone():
     for name, targets in GRAPH.items():
         if _in(name, "layerprint.tracking"):
-            assert not [t for t in targets if _in(t, "layerprint.inspection", "layerprint.analysis", "layerprint.callback")]
+            assert _only(_ours(name), "layerprint.tracking", "layerprint.keys", "layerprint.errors") == [], name
         if _in(name, "layerprint.inspection"):
-            assert not [t for t in targets if _in(t, "layerprint.tracking", "layerprint.analysis", "layerprint.callback",
-                                                   "mlflow")], (name, targets)
+            assert _only(_ours(name), "layerprint.inspection", "layerprint.compat.keras", "layerprint.keys",
+                         "layerprint.errors") == [], name
+            assert "mlflow" not in targets, name
 
 
-def test_compare_leaves_no_hydra_module_loaded(tmp_path):
-    import subprocess
-    import sys
+PRIVATE = re.compile(r"(keras\.src\b|mlflow\.tracking\.(_|fluent\._)|hydra_plugins\.\w+\._|ray\._private|"
+                     r"loky\.\w+\._|\b(?!self\b|cls\b)[a-z]\w*\._(?!_)[a-z]\w*|__dict__\[)")
 
-    code = ("import sys\nfrom layerprint.cli import main\ntry:\n    main(['compare', '--experiment', 'x', "
-            f"'--tracking-uri', 'sqlite:///{tmp_path}/none.db'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+def _code_lines(path: Path) -> dict[int, str]:
+    """Each line's code with its strings and comments blanked (so that docstrings may name private things)."""
+    lines = path.read_text().splitlines()
+    with path.open("rb") as handle:
+        for token in tokenize.tokenize(handle.readline):
+            if token.type in (tokenize.STRING, tokenize.COMMENT):
+                for row in range(token.start[0], token.end[0] + 1):
+                    line = lines[row - 1]
+                    start = token.start[1] if row == token.start[0] else 0
+                    end = token.end[1] if row == token.end[0] else len(line)
+                    lines[row - 1] = line[:start] + " " * (end - start) + line[end:]
+    return dict(enumerate(lines, 1))
+
+
+def test_private_apis_of_the_dependencies_are_used_in_compat_only():
+    found = []
+    for name, path in MODULES.items():
+        if _in(name, "layerprint.compat"):
+            continue
+        for number, code in _code_lines(path).items():
+            for match in PRIVATE.finditer(code):
+                if not match.group(0).startswith(("local._", "record._")):
+                    found.append(f"{name}:{number}: {match.group(0)}")
+    assert found == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from layerprint import LayerprintCallback, keys
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.record import read_steps
 
 
 def _data(n=32, features=4):
@@ -206,10 +206,10 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import keras, mlflow, numpy as np
 from mlflow.tracking import MlflowClient
 from layerprint import LayerprintCallback, keys
-from layerprint.inspection import train_step
+from layerprint.recording import jax as recording_jax
 from layerprint.inspection.paths import unique_variables, variable_paths
-from layerprint.inspection.state import checksum_numpy
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.checksum import checksum_numpy
+from layerprint.recording.record import read_steps
 mlflow.set_tracking_uri(sys.argv[1])
 client = MlflowClient(sys.argv[1])
 x = np.random.default_rng(0).normal(size=(48, 4)).astype("float32")
@@ -249,8 +249,9 @@ def recorded_fit(steps_per_execution, experiment):
     paths = variable_paths(recorded_model)
     names = [keys.checksum_key(paths[id(v)])[len(keys.CHECKSUM_PREFIX):] for v in unique_variables(recorded_model)]
     _, checksums = steps.checksums()
-    return {"recorder": type(callback._recorder.step_recorder).__name__,
-            "own_function_back": recorded_model.train_function is callback._recorder.step_recorder.base_function,
+    device = callback.session.device
+    return {"recorder": type(device).__name__ if device.records_in_step else "reads between steps",
+            "own_function_back": recorded_model.train_function is device.base_function,
             "means": list(steps.series("bn/bn/moving_mean/mean").values()),
             "checksums": [[int(checksums[name][i]) for name in names] for i in range(len(steps.columns["step"]))],
             "syncs": len(syncs), "status": client.get_run(callback.active_run_id).info.status}
@@ -262,7 +263,7 @@ fits = {str(n): recorded_fit(n, f"spe{n}") for n in (1, 3)}
 # A recording step that cannot be compiled: the model's own step trains on, one warning, the tag.
 def _broken(*args):
     raise RuntimeError("injected: cannot record")
-train_step.bn_values_of = _broken
+recording_jax.checksums_jax = _broken
 warnings = []
 logging.getLogger("layerprint").addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(r.getMessage())})())
 broken = LayerprintCallback(experiment_name="broken")
@@ -293,7 +294,7 @@ def test_jax_backend_records_the_trained_state_without_a_sync_at_every_step(sqli
     truth_means, truth_checksums = result["truth_means"], result["truth_checksums"]
     assert len(truth_means) == 12 and len(set(truth_means)) == 12  # every step, each its own value
     for steps_per_execution, fit in result["fits"].items():
-        assert fit["recorder"] == "JaxTrainStepRecorder" and fit["own_function_back"], steps_per_execution
+        assert fit["recorder"] == "JaxDevice" and fit["own_function_back"], steps_per_execution
         assert fit["status"] == "FINISHED"
         assert fit["means"] == pytest.approx(truth_means, rel=1e-6, abs=1e-9), steps_per_execution
         assert fit["checksums"] == truth_checksums, steps_per_execution  # bit for bit, every step
@@ -364,7 +365,7 @@ def test_a_new_callback_in_the_same_run_respects_initial_epoch(sqlite_uri, clien
 
 
 def test_a_run_continued_from_another_process_reads_its_progress_from_the_store(sqlite_uri, client):
-    from layerprint import callback as callback_module
+    from layerprint.cache import CACHE
 
     mlflow.set_tracking_uri(sqlite_uri)
     model, _ = _fine_tuning_model()
@@ -372,7 +373,7 @@ def test_a_run_continued_from_another_process_reads_its_progress_from_the_store(
     x, y = _data()
     with mlflow.start_run() as run:
         model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(probe_batch=x[:2])])
-    callback_module._PROGRESS.clear()  # what a new process knows: nothing but the store
+    CACHE.end_run(run.info.run_id)  # what a new process knows: nothing but the store
     model.fit(x, y, epochs=1, batch_size=8, verbose=0,
               callbacks=[LayerprintCallback(run_id=run.info.run_id, probe_batch=x[:2])])
     run_id = run.info.run_id

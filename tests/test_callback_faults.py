@@ -13,10 +13,12 @@ import pytest
 
 from helpers.logged import artifact_json
 from layerprint import LayerprintCallback, keys
-from layerprint import callback as callback_module
-from layerprint.inspection.state import StateReader
-from layerprint.inspection.train_step import TrainStepRecorder
-from layerprint.tracking.steps import StepRecord
+from layerprint.fit import session as session_module
+from layerprint.fit.artifacts import Artifacts
+from layerprint.fit.session import FitSession
+from layerprint.fit.state import FitState
+from layerprint.recording.record import StepRecord
+from layerprint.recording.tensorflow import TensorFlowDevice
 from layerprint.tracking.sink import RunSink
 
 
@@ -30,14 +32,14 @@ def _raise(*args, **kwargs):
 
 # part -> (object, attribute) made to raise (or several); each is what that part calls during a fit.
 FAULTS = {
-    "fingerprints": (callback_module, "fingerprint_arrays"),
-    "sharing": (callback_module, "sharing_report"),
-    "batchnorm": (callback_module, "moving_statistics"),
-    "recorder": ((StateReader, "read"), (TrainStepRecorder, "drain")),  # JAX and torch; TensorFlow
+    "fingerprints": (session_module, "fingerprint_arrays"),
+    "sharing": (session_module, "sharing_report"),
+    "batchnorm": (session_module, "moving_statistics"),
+    "recorder": ((TensorFlowDevice, "read"), (TensorFlowDevice, "drain")),  # between steps; in the step
     "steps": (StepRecord, "set_metrics"),
-    "drift": (callback_module.LayerprintCallback, "_drift"),
-    "probe": (callback_module.LayerprintCallback, "_probe"),
-    "artifacts": (callback_module.LayerprintCallback, "_save_artifact"),
+    "drift": (FitState, "drift"),
+    "probe": (FitSession, "probe"),
+    "artifacts": (Artifacts, "save"),
     "sink": (RunSink, "log_metrics"),
     "tags": (RunSink, "set_tags"),
 }
@@ -172,7 +174,7 @@ def test_a_fit_that_raises_is_ended_failed_at_interpreter_exit(sqlite_uri, clien
 
 
 def test_a_failing_recorder_gives_the_model_its_own_train_function_back(sqlite_uri, monkeypatch):
-    monkeypatch.setattr(TrainStepRecorder, "drain", _raise)
+    monkeypatch.setattr(TensorFlowDevice, "drain", _raise)
     mlflow.set_tracking_uri(sqlite_uri)
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])

@@ -4,21 +4,21 @@ the non-finite step, what goes where."""
 
 import io
 import json
+import uuid
 
 import keras
 import numpy as np
 import pytest
 
 from layerprint import LayerprintCallback, keys
-from layerprint import callback as callback_module
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.record import read_steps
 
 
 class RecordingSink:
     """The ``RunSink`` interface, keeping what it is given (artifact contents are read at once)."""
 
-    def __init__(self, run_id="recorded-run"):
-        self.run_id, self.tracking_uri = run_id, "memory:"
+    def __init__(self, run_id=None):
+        self.run_id, self.tracking_uri = run_id or f"recorded-{uuid.uuid4().hex}", "memory:"
         self.points, self.tags, self.params, self.artifacts, self.flushes = [], {}, {}, {}, 0
 
     def log_metrics(self, metrics, step, timestamp_ms=None):
@@ -43,13 +43,6 @@ class RecordingSink:
     def record(self):
         """The last ``steps.parquet`` given, read back."""
         return read_steps(io.BytesIO(self.artifacts["layerprint/steps.parquet"]))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_progress():
-    callback_module._PROGRESS.clear()
-    yield
-    callback_module._PROGRESS.clear()
 
 
 def _model():

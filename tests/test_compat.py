@@ -17,8 +17,8 @@ import tensorflow as tf
 from helpers.logged import artifact_json, check_run_matches_model, weight_variables
 from layerprint import LayerprintCallback, keys, wait_for_runs
 from layerprint.inspection.fingerprint import fingerprint_model
-from layerprint.inspection.state import checksum_numpy
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.checksum import checksum_numpy
+from layerprint.recording.record import read_steps
 
 TESTS = Path(__file__).resolve().parent
 

@@ -19,7 +19,7 @@ from helpers import gan as gan_shapes
 from helpers.logged import artifact_json
 from layerprint import LayerprintCallback, fingerprint_model, keys
 from layerprint.tracking import spool
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.record import read_steps
 
 TESTS = Path(__file__).resolve().parent
 ARTIFACTS = {f"{keys.ARTIFACT_DIR}/{name}" for name in (
@@ -120,7 +120,8 @@ callback = LayerprintCallback()
 gan.fit(*gan_shapes.gan_data(), epochs=2, batch_size=8, verbose=0, callbacks=[callback])
 (run,) = mlflow.search_runs(output_format="list")  # right after fit, no wait
 check_gan_run(MlflowClient(sys.argv[1]), run.info.run_id, gan, before, list(range(1, 9)))
-print("checked", keras.backend.backend(), type(callback._recorder.step_recorder).__name__)
+device = callback.session.device
+print("checked", keras.backend.backend(), type(device).__name__ if device.records_in_step else "reads between steps")
 """
 
 
@@ -136,7 +137,7 @@ def test_a_gan_wrapper_on_jax_and_pytorch(backend, sqlite_uri):
     done = subprocess.run([sys.executable, "-c", _GAN_ON_BACKEND, sqlite_uri, str(TESTS)], capture_output=True,
                           text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    recorder = {"jax": "JaxTrainStepRecorder", "torch": "NoneType"}[backend]  # JAX's step records itself
+    recorder = {"jax": "JaxDevice", "torch": "reads between steps"}[backend]  # JAX's step records itself
     assert done.stdout.strip().splitlines()[-1] == f"checked {backend} {recorder}"
     assert LATE_CAPTURE not in done.stderr and "symmetry is not broken" not in done.stderr
 

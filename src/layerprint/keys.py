@@ -11,7 +11,7 @@ Metric keys:
                                 values, per epoch; ``drift/_model`` for the whole model.
     ``probe/output_norm``       L2 norm of the model output on the probe batch, per epoch.
 
-``steps.parquet`` columns (every step; see ``tracking.steps``): ``step``, ``epoch``, ``time_ms``,
+``steps.parquet`` columns (every step; see ``recording.record``): ``step``, ``epoch``, ``time_ms``,
 ``train/<metric>``, ``bn/...`` as above, and ``checksum/<variable path>``.
 """
 

@@ -15,8 +15,8 @@ import numpy as np
 from layerprint import keys, wait_for_runs
 from layerprint.inspection.fingerprint import exact_hash
 from layerprint.inspection.paths import SEED_STATE_NAME
-from layerprint.inspection.state import checksum_numpy
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.checksum import checksum_numpy
+from layerprint.recording.record import read_steps
 
 
 def artifact_json(client: Any, run_id: str, name: str) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from layerprint import keys
 from layerprint.errors import TrackingError
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.record import read_steps
 
 LOSS_KEY = keys.step_key("loss")
 

@@ -1,12 +1,19 @@
 """Keras's private structure and calls, used by layerprint in one place. Checked against Keras 3.15.1.
 
-Layer structure: ``Layer._layers`` and ``_flatten_layers`` (sublayers; there is no public route to a
-layer's direct sublayers), ``_inbound_nodes`` and ``Functional._nodes`` (where a functional graph calls a
-layer), ``Sequential._functional`` (the graph of a built Sequential model). Calls: ``Layer.__call__``
-(wrapped for a moment to count calls), the backend's ``compute_output_spec`` (a call on symbolic values:
-no data runs, state changes are discarded). Public routes taken: ``keras.Model.call`` to tell a model
-without a ``call``, ``Layer.get_build_config`` for the input a subclassed model was built for,
-``keras.device``.
+- Layer structure: ``Layer._layers`` and ``_flatten_layers`` (sublayers; there is no public route to a
+  layer's direct sublayers), ``_trainable_variables`` and ``_non_trainable_variables`` (a layer's own
+  variables, without its sublayers'), ``_inbound_nodes`` and ``Functional._nodes`` (where a functional graph
+  calls a layer), ``Sequential._functional`` (the graph of a built Sequential model).
+- Calls: ``Layer.__call__`` (wrapped for a moment to count calls), the backend's ``compute_output_spec``
+  and its ``StatelessScope``/``SymbolicScope`` (a call on symbolic values: no data runs, state changes are
+  discarded).
+- Training: ``Callback._model`` (the model without the JAX trainer's state sync that ``Callback.model``
+  does), ``model._jax_state`` (the trainer's state during a JAX fit), a ``train_step`` set on the instance for
+  ``make_train_function``, a method of an optimizer replaced on the instance (``build``, to see the moment
+  before its first update).
+- Public routes taken where there is one: ``keras.Model.call`` to tell a model without a ``call``,
+  ``Layer.get_build_config`` for the input a subclassed model was built for, ``keras.device``,
+  ``Model.make_train_function``, ``steps_per_execution``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,31 @@ def direct_sublayers(layer: Any) -> list[Any]:
         if not isinstance(sub, keras.layers.InputLayer):
             unique.setdefault(id(sub), sub)
     return list(unique.values())
+
+
+def own_variables(layer: Any) -> list[Any]:
+    """The variables ``layer`` created itself, without its sublayers'."""
+    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
+
+def unsynced_model(callback: Any) -> Any:
+    """A callback's model, without the state sync ``Callback.model`` does on JAX (which copies the trainer's
+    state into every variable)."""
+    return callback._model
+
+
+def replace_method(instance: Any, name: str, method: Callable[..., Any]) -> None:
+    """Replace ``instance.<name>`` by ``method`` for this instance only (set in its ``__dict__``)."""
+    instance.__dict__[name] = method
+
+
+def restore_method(instance: Any, name: str) -> None:
+    """Give ``instance`` its class's ``<name>`` back (``replace_method`` undone; nothing when not replaced)."""
+    instance.__dict__.pop(name, None)
+
+
+def method_replaced(instance: Any, name: str) -> bool:
+    return name in instance.__dict__
 
 
 def all_layers(model: Any) -> list[Any]:
@@ -138,3 +170,42 @@ def symbolic_run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     with StatelessScope(), SymbolicScope(), torch.no_grad(), keras.device("meta"):
         meta_args, meta_kwargs = tree.map_structure(meta, (args, kwargs))
         return function(*meta_args, **meta_kwargs)
+
+
+def steps_per_execution(model: Any) -> int:
+    """How many steps one call of the model's train function runs (``compile(steps_per_execution=...)``)."""
+    return int(getattr(model, "steps_per_execution", 1) or 1)
+
+
+@contextlib.contextmanager
+def train_step_replaced(model: Any, step: Callable[..., Any]) -> Iterator[None]:
+    """While inside, ``model.train_step`` is ``step`` (set on the instance, over its class's method), so that
+    Keras's ``make_train_function`` compiles it; the model's own ``train_step`` and ``train_function`` are
+    put back on the way out."""
+    own = getattr(model, "train_function", None)
+    replace_method(model, "train_step", step)
+    try:
+        yield
+    finally:
+        restore_method(model, "train_step")
+        model.train_function = own
+
+
+def jax_trainer_state(model: Any) -> dict[str, Any] | None:
+    """The JAX trainer's state during a fit (``model._jax_state``: the variables' current arrays by group),
+    or None outside one."""
+    return getattr(model, "_jax_state", None)
+
+
+KEPT_ATTRIBUTE = "_layerprint_kept"
+
+
+def kept(model: Any) -> Any:
+    """What layerprint keeps on ``model`` between fits (``keep``), or None."""
+    return model.__dict__.get(KEPT_ATTRIBUTE)
+
+
+def keep(model: Any, value: Any) -> None:
+    """Keep ``value`` on ``model`` itself, as Keras keeps ``model.train_function``: it goes with the model.
+    Set in the instance's ``__dict__``, past Keras's attribute tracking (it is not a layer or a weight)."""
+    model.__dict__[KEPT_ATTRIBUTE] = value

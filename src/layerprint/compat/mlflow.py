@@ -1,5 +1,10 @@
 """MLflow's private or undocumented interfaces, used by layerprint in one place. Checked against MLflow 3.17.2.
 
+- The fluent API's state, which a run the callback creates itself follows as ``mlflow.start_run()`` would:
+  whether the user set a tracking URI (``mlflow.tracking._tracking_service.utils.is_tracking_uri_set``),
+  the experiment ``mlflow.set_experiment`` chose (``mlflow.tracking.fluent._get_experiment_id``), and
+  the run ``mlflow.last_active_run()`` returns (``mlflow.tracking.fluent._last_active_run_id``, kept per
+  thread). Public routes are taken first: ``MLFLOW_TRACKING_URI``, the active run's experiment.
 - The web UI's shared views: the runs page's "Share" button stores its state (search filter, sort, chart
   view, which charts) as the experiment tag ``mlflow.sharedViewState.<key>``, and the page opens it from
   ``?viewStateShareKey=<key>``. The format is the UI's own (read from its code and checked in headless
@@ -11,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -83,3 +89,30 @@ def run_address(ui: str, experiment_id: str, run_id: str) -> str:
 def run_artifact_address(ui: str, experiment_id: str, run_id: str, path: str = "") -> str:
     """The address of a run's artifact (or of its artifacts page), in the model-training navigation."""
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}/artifacts{'/' + path if path else ''}?{MODEL_TRAINING}"
+
+
+def uri_set_by_user() -> str | None:
+    """The tracking URI the user chose (``MLFLOW_TRACKING_URI``, else ``mlflow.set_tracking_uri``), or None."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+
+
+def current_experiment_id(active: Any) -> str:
+    """The experiment a new run goes to, as MLflow's fluent API chooses it: the active run's, else the one
+    set with ``mlflow.set_experiment`` (or ``MLFLOW_EXPERIMENT_NAME``/``_ID``), else the default ``"0"``."""
+    if active is not None:
+        return active.info.experiment_id
+    import mlflow
+
+    return mlflow.tracking.fluent._get_experiment_id() or "0"
+
+
+def set_last_active_run(run_id: str) -> None:
+    """Make ``mlflow.last_active_run()`` on this thread return ``run_id`` (MLflow sets it, per thread, when a
+    run that ``mlflow.start_run()`` started ends)."""
+    import mlflow
+
+    mlflow.tracking.fluent._last_active_run_id.set(run_id)

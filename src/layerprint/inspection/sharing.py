@@ -3,8 +3,8 @@ variables start bitwise identical (symmetry that random initialization did not b
 
 Call sites come from one forward pass of the model, however it is written
 (``inspection.call_sites``): the functional graph, or a symbolic run of a subclassed ``call``.
-``shared_layers`` lists each layer *instance* called at more than one site, under its own path (where
-its variables live), with its calls over every path it is reached by; ``shared_variables`` lists each
+``shared_layers`` lists each layer *instance* called at more than one site, under the first path it is
+reached by, with its calls over every path it is reached by; ``shared_variables`` lists each
 variable reached from several layer paths or call sites. When the calls inside a layer cannot be
 followed (a ``call`` that depends on the values), ``unknown_call_sites`` says so instead of reporting
 one call.
@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from layerprint.compat.keras import own_variables
 from layerprint.inspection.call_sites import CallSites, count_call_sites
-from layerprint.inspection.paths import owning_layer_path, variable_paths, walk_layers
+from layerprint.inspection.paths import variable_paths, walk_layers
 
 
 def call_sites(model: Any) -> dict[str, int]:
@@ -41,27 +42,17 @@ def call_sites(model: Any) -> dict[str, int]:
     return count_call_sites(model).per_path
 
 
-def _own_variables(layer: Any) -> list[Any]:
-    return list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
-
-
 def shared_layers(model: Any, sites: CallSites) -> dict[str, int]:
-    """Layer instances called at more than one site: ``{path: calls}``, under the path of the layer's own
-    variables (else the first path it is reached by), the calls summed over every path that reaches it."""
-    relative = variable_paths(model)
+    """Layer instances called at more than one site: ``{path: calls}``, under the first path the layer is
+    reached by (depth first), the calls summed over every path that reaches it."""
     paths: dict[int, list[str]] = defaultdict(list)
-    layers: dict[int, Any] = {}
     for path, layer, _ in walk_layers(model):
         paths[id(layer)].append(path)
-        layers[id(layer)] = layer
     shared = {}
-    for key, reached in paths.items():
+    for reached in paths.values():
         total = sum(sites.per_path.get(path, 0) for path in set(reached))
         if total > 1:
-            own = _own_variables(layers[key])
-            shared[owning_layer_path(relative[id(own[0])]) if own and id(own[0]) in relative else reached[0]] = total
+            shared[reached[0]] = total
     return dict(sorted(shared.items()))
 
 
@@ -76,7 +67,7 @@ def shared_variables(model: Any, sites: CallSites) -> dict[str, list[str]]:
     users: dict[int, tuple[str, list[str]]] = {}
     for path, layer, _ in walk_layers(model):
         n = sites.per_path.get(path, 1)
-        for variable in _own_variables(layer):
+        for variable in own_variables(layer):
             entry = users.setdefault(id(variable), (relative.get(id(variable), variable.path), []))
             entry[1].extend([path] if n == 1 else [f"{path}#{i}" for i in range(n)])
     return {vpath: sorted(set(paths)) for vpath, paths in users.values() if len(set(paths)) > 1}

@@ -7,13 +7,15 @@ with the sweep and drawing the comparison's plots at its end.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import threading
 import time
 from typing import Any, Callable
+
+from layerprint.compat.hydra import joblib_parallel_arguments, reusable_executor
+from layerprint.compat.ray import quiet_sigterm_warning
 
 
 def _warm_up_worker(parallel_jobs: int) -> int:
@@ -38,13 +40,9 @@ def _is_joblib(launcher: Any) -> bool:
 
 def _joblib_arguments(launcher: Any) -> dict[str, Any]:
     """The arguments the joblib launcher gives ``joblib.Parallel``: the same ones find its workers again."""
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from omegaconf import OmegaConf
 
-    arguments = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
-    arguments["backend"] = "loky"  # as the launcher does
-    process_joblib_cfg(arguments)
-    return arguments
+    return joblib_parallel_arguments(OmegaConf.to_container(launcher, resolve=True))
 
 
 def start_joblib_workers(launcher: Any) -> threading.Thread | None:
@@ -107,9 +105,7 @@ def stop_joblib_workers(launcher: Any) -> None:
     """
     if not _is_joblib(launcher):
         return
-    from joblib.externals.loky import reusable_executor
-
-    executor = getattr(reusable_executor, "_executor", None)  # the one executor loky reuses; no public getter
+    executor = reusable_executor()
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
 
@@ -226,8 +222,7 @@ class LocalRay:
         # parent run closed FAILED) instead of killing the process; and not its warning that it could not.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-        logging.getLogger("ray._private.worker").addFilter(
-            lambda record: "SIGTERM handler is not set" not in record.getMessage())
+        quiet_sigterm_warning()
         local._thread.start()
         return local
 

@@ -92,7 +92,6 @@ def train(cfg: Any) -> dict[str, Any]:
     from layerprint.callback import LayerprintCallback, findings
     from layerprint.runner.models import build_model, output_units
 
-    findings.setLevel(logging.ERROR)  # printed as findings after the run or the sweep, not inside its log
     units, loss = output_units(y)
     model = build_model(cfg, tuple(x.shape[1:]), units)
     optimizer = keras.optimizers.get({"class_name": cfg.trainer.optimizer,
@@ -122,7 +121,7 @@ def train(cfg: Any) -> dict[str, Any]:
         callback = LayerprintCallback(run_id=run_id, tracking_uri=uri, params=params,
                                       log_every_n_steps=cfg.trainer.log_every_n_steps,
                                       probe_batch=x[: cfg.trainer.probe_rows] if cfg.trainer.probe_rows else None)
-        with _stop_on_interrupt(model) as interrupted:
+        with _stop_on_interrupt(model) as interrupted, _findings_held_back(findings):
             history = model.fit(
                 x, y,
                 epochs=cfg.trainer.epochs,
@@ -172,6 +171,18 @@ def _describe_run(client: Any, run_id: str) -> None:
         client.set_tag(run_id, keys.TAG_NOTE, run_note(load_record(client, client.get_run(run_id))))
     except Exception as error:  # noqa: BLE001 - the run is complete; its description is a convenience
         print(f"layerprint-train: warning: run {run_id} has no description ({first_line(error)})", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _findings_held_back(findings: logging.Logger) -> Iterator[None]:
+    """Keep the callback's findings out of the job's log during ``fit``: the runner prints them after the
+    run or the sweep. The logger's level is restored after, so that later fits in the process warn."""
+    level = findings.level
+    findings.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        findings.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -1,14 +1,15 @@
-"""The device-side state reader: exact checksums (compiled TensorFlow against the NumPy reference) and
-BatchNorm summaries."""
+"""The flight record on the device: checksums (TensorFlow's compiled kernel against the NumPy reference), the
+BatchNorm summaries, and the train step that records every step exactly."""
 
 import keras
 import numpy as np
 import pytest
 
-from layerprint.inspection.batchnorm import find_batchnorm_layers
 from layerprint import keys
+from layerprint.inspection.batchnorm import find_batchnorm_layers
 from layerprint.inspection.paths import unique_variables, variable_paths
-from layerprint.inspection.state import StateReader, checksum_numpy
+from layerprint.recording.checksum import checksum_numpy, checksums_numpy
+from layerprint.recording.tensorflow import TensorFlowDevice
 
 
 def _model(dtype="float32"):
@@ -16,28 +17,29 @@ def _model(dtype="float32"):
                              keras.layers.Dense(1, dtype="float64")])
 
 
-def _host_checksums(reader):
-    return list(StateReader.to_host([reader.read(True)[1]])[0])
+def _device_checksums(model, variables, layers=()):
+    device = TensorFlowDevice(model, variables, list(layers), in_step=False)
+    device.start(1, 1)
+    device.read(1, with_checksums=True)
+    return list(device.drain().checksums[0])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_compiled_checksums_equal_the_numpy_reference(dtype):
     model = _model(dtype)
     variables = unique_variables(model)
-    reader = StateReader(model, variables, find_batchnorm_layers(model))
-    assert _host_checksums(reader) == [checksum_numpy(np.asarray(v.numpy())) for v in variables]
+    assert _device_checksums(model, variables) == [checksum_numpy(np.asarray(v.numpy())) for v in variables]
 
 
 def test_one_flipped_bit_changes_only_that_variable():
     model = _model()
     variables = unique_variables(model)
-    reader = StateReader(model, variables, [])
-    before = _host_checksums(reader)
+    before = _device_checksums(model, variables)
     kernel = variables[0]
     values = np.asarray(kernel.numpy()).copy()
     values.view(np.uint32)[2, 3] ^= 1  # the lowest mantissa bit of one value
     kernel.assign(values)
-    after = _host_checksums(reader)
+    after = _device_checksums(model, variables)
     assert after[0] != before[0] and after[1:] == before[1:]
 
 
@@ -54,14 +56,15 @@ def test_batchnorm_summaries_are_the_moving_statistics_moments():
     layers = find_batchnorm_layers(model)
     (_, bn), = layers
     bn.moving_mean.assign(np.linspace(-1, 2, 7).astype("float32"))
-    reader = StateReader(model, unique_variables(model), layers)
-    values, checksums = reader.read(False)
-    assert checksums is None
-    summaries = reader.summarize(StateReader.to_host([values]))[0]
+    variables = unique_variables(model)
+    device = TensorFlowDevice(model, variables, layers, in_step=False)
+    flat, checksums = device.host_row([np.asarray(v.numpy()) for v in variables])
+    assert list(checksums) == list(checksums_numpy([np.asarray(v.numpy()) for v in variables]))
+    summaries = device.summarize(flat[None, :])[0]
     mean, variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
     np.testing.assert_allclose(summaries, [mean.mean(), mean.std(), mean.min(), mean.max(),
                                            variance.mean(), variance.std(), variance.min(), variance.max()], rtol=1e-6)
-    assert reader.bn_columns[:4] == [f"bn/{layers[0][0]}/moving_mean/{s}" for s in ("mean", "std", "min", "max")]
+    assert device.bn_columns[:4] == [f"bn/{layers[0][0]}/moving_mean/{s}" for s in ("mean", "std", "min", "max")]
 
 
 class _HostReference(keras.callbacks.Callback):
@@ -90,7 +93,6 @@ def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution
     """On TensorFlow the compiled train step writes the state each step left; every step's row equals the
     host's reading of that state (checksums bit for bit), the model keeps its own train function."""
     from layerprint import LayerprintCallback
-    from layerprint.inspection.train_step import TrainStepRecorder
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.BatchNormalization(name="bn"),
@@ -106,10 +108,11 @@ def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution
             recorded["function"] = self.model.train_function
 
     model.fit(x, x.sum(axis=1), epochs=2, batch_size=8, verbose=0, callbacks=[Spy(), reference, callback])
-    assert isinstance(callback._recorder.step_recorder, TrainStepRecorder)
-    assert recorded["function"] is callback._recorder.step_recorder.train_function  # the recording one ran
-    assert model.train_function is callback._recorder.step_recorder.base_function  # and was given back
-    table = callback._progress.record.to_table()
+    device = callback.session.device
+    assert isinstance(device, TensorFlowDevice) and device.records_in_step
+    assert recorded["function"] is device.train_function()  # the recording one ran
+    assert model.train_function is device.base_function  # and was given back
+    table = callback.session.progress.record.to_table()
     assert table.column("step").to_pylist() == list(range(1, 19))
     paths = variable_paths(model)
     names = [keys.checksum_key(paths[id(v)]) for v in unique_variables(model)]
@@ -120,28 +123,3 @@ def test_the_train_step_records_every_step_exactly(tmp_path, steps_per_execution
         np.testing.assert_allclose(table.column("bn/bn/moving_mean/mean")[step - 1].as_py(), reference.bn_means[index],
                                    rtol=1e-6)
     assert all(v is not None for n in names for v in table.column(n).to_pylist())  # inside blocks too
-
-
-def test_a_later_fit_of_a_model_chooses_its_checksum_cadence_after_two_steps(tmp_path):
-    """The first fit reads the checksums at every step until it has timed four steps; a later fit of the
-    same model knows what a read costs and chooses the cadence after two."""
-    from layerprint import LayerprintCallback
-
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.BatchNormalization(),
-                              keras.layers.Dense(1)])
-    model.compile("adam", "mse")
-    x = np.random.default_rng(0).normal(size=(96, 5)).astype("float32")
-    checksummed = []
-    for _ in range(2):
-        callback = LayerprintCallback(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-        model.fit(x, x.sum(axis=1), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
-        callback.wait()
-        record = callback._progress.record
-        assert record.checksum_every >= 4  # a read costs far more than a quarter of 2 % of this model's step
-        table = record.to_table()
-        column = next(name for name in table.column_names if name.startswith(keys.CHECKSUM_PREFIX))
-        checksummed.append({step for step, value in zip(table.column("step").to_pylist(),
-                                                        table.column(column).to_pylist()) if value is not None})
-    first, later = checksummed
-    assert {1, 2, 3, 4, 12} <= first
-    assert {1, 2, 12} <= later and 3 not in later, sorted(later)

@@ -3,7 +3,7 @@
 Columns: ``step`` (1-based global optimizer step, one row per step of the run), ``epoch`` (1-based),
 ``time_ms`` (wall-clock milliseconds since the Unix epoch when the step was recorded), then one column
 per series: ``train/<metric>`` (float64; NaN when the value was NaN, null when not recorded), ``bn/<layer>/<stat>/<summary>`` (float32) and
-``checksum/<variable path>`` (uint32, see ``inspection.state``). A value that was not recorded at a step
+``checksum/<variable path>`` (uint32, see ``recording.checksum``). A value that was not recorded at a step
 is null: checksums on steps between the checksum cadence; ``train/`` values on steps inside a
 ``steps_per_execution`` block (Keras calls no hook there; on TensorFlow the train step records the
 ``bn/`` and ``checksum/`` columns of those steps too). The file's metadata says

@@ -1,0 +1,181 @@
+"""The checksum of a variable's values: one definition, a NumPy reference, and a compiled kernel per backend.
+
+**Definition.** A variable's values, in C order, seen as 32-bit words ``w_0 .. w_{n-1}``: 4-byte types
+(float32, int32) as themselves; 2-byte types (float16, bfloat16, int16) and 1-byte types (int8, uint8,
+bool) widened, their bits unchanged in the low bits; 8-byte types (float64, int64) as two words each, the
+low word first (their little-endian bytes). Then
+
+    ``checksum = sum_i w_i * (2i + 1) mod 2**32``
+
+in unsigned 32-bit arithmetic, which wraps by definition. Integer addition is associative, so the result
+does not depend on the order of the reduction (device, thread count): the same bits give the same checksum
+on every machine. A single changed bit changes it: a word's change of ``2**k`` changes its term by
+``2**k * (2i + 1)``, an odd multiple of ``2**k``, never 0 modulo 2**32. Several changed values give the
+same checksum only when their term changes cancel exactly modulo 2**32: for unrelated changes, about 1 in
+4.3e9. Two values ``a``, ``b`` trading places at ``i``, ``j`` cancel only when ``2 (a - b)(i - j)`` is a
+multiple of 2**32. It is a change detector, not a cryptographic hash.
+
+``checksum_numpy`` is the reference; each backend's kernel (``checksums_tensorflow``, ``checksums_jax``,
+``checksums_torch``) computes every variable's checksum in one compiled call and is tested bit for bit
+against the reference for every dtype width, on every backend (``tests/test_checksum.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+WORD_BITS = 32
+
+
+def words_numpy(values: np.ndarray) -> np.ndarray:
+    """The 32-bit words of an array (module doc), as ``uint32``."""
+    flat = np.ascontiguousarray(values).ravel()
+    size = flat.dtype.itemsize
+    if size == 4:
+        return flat.view(np.uint32)
+    if size == 8:
+        return flat.view("<u4")
+    if size == 2:
+        return flat.view(np.uint16).astype(np.uint32)
+    return flat.view(np.uint8).astype(np.uint32)
+
+
+def word_count(shape: Any, itemsize: int) -> int:
+    """How many 32-bit words an array of ``shape`` and ``itemsize`` bytes per value has."""
+    size = int(np.prod(shape))
+    return size * 2 if itemsize == 8 else size
+
+
+def checksum_numpy(values: np.ndarray) -> int:
+    """The checksum of one array (module doc), on the host: the reference every kernel matches."""
+    words = words_numpy(values)
+    odd = np.arange(words.size, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    return int(np.sum(words * odd, dtype=np.uint32))
+
+
+def checksums_numpy(arrays: list[np.ndarray]) -> np.ndarray:
+    """Every array's checksum, as ``uint32``."""
+    return np.asarray([checksum_numpy(np.asarray(a)) for a in arrays], dtype=np.uint32)
+
+
+def checksums_tensorflow(arrays: list[Any]) -> Any:
+    """Every array's checksum as one ``uint32`` vector, as TensorFlow ops (traced into a ``tf.function``).
+
+    Arrays of one shape and dtype are stacked and summed together (a deep model repeats its shapes: the
+    traced graph holds a few ops a shape, not a few ops a variable, and TensorFlow keeps every graph it
+    traces for the life of the process)."""
+    import tensorflow as tf
+
+    if not arrays:
+        return tf.zeros((0,), tf.uint32)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, array in enumerate(arrays):
+        groups.setdefault((tuple(array.shape), array.dtype), []).append(index)
+    longest = max(word_count(a.shape, a.dtype.size) for a in arrays)
+    odd = tf.bitcast(tf.range(longest, dtype=tf.int32) * 2 + 1, tf.uint32)  # shared, sliced per shape
+    sums, order = [], []
+    for (shape, dtype), members in groups.items():
+        count = word_count(shape, dtype.size)
+        stacked = tf.stack([arrays[i] for i in members]) if len(members) > 1 else tf.expand_dims(arrays[members[0]], 0)
+        words = tf.reshape(_tensorflow_words(tf, stacked), [len(members), count])  # each array's words in C order
+        sums.append(tf.reduce_sum(words * odd[:count], axis=1))  # uint32 products and sums wrap modulo 2**32
+        order += members
+    position = [0] * len(arrays)
+    for slot, index in enumerate(order):
+        position[index] = slot
+    return tf.gather(tf.concat(sums, 0), position)
+
+
+def _tensorflow_words(tf: Any, array: Any) -> Any:
+    flat = tf.reshape(array, [-1])
+    size = flat.dtype.size
+    if flat.dtype == tf.bool:
+        return tf.cast(flat, tf.uint32)
+    if size == 4:
+        return tf.bitcast(flat, tf.uint32)
+    if size == 8:
+        return tf.reshape(tf.bitcast(flat, tf.uint32), [-1])  # (n, 2): the low word first on little-endian hosts
+    if size == 2:
+        return tf.cast(tf.bitcast(flat, tf.uint16), tf.uint32)
+    return tf.cast(tf.bitcast(flat, tf.uint8), tf.uint32)
+
+
+def checksums_jax(arrays: list[Any]) -> Any:
+    """Every array's checksum as one ``uint32`` vector, as JAX operations (traced into a ``jax.jit``)."""
+    import jax.numpy as jnp
+
+    if not arrays:
+        return jnp.zeros((0,), jnp.uint32)
+    return jnp.stack([jnp.sum(words * (jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1), dtype=jnp.uint32)
+                      for words in (_jax_words(a) for a in arrays)])
+
+
+def _jax_words(array: Any) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    flat = jnp.ravel(array)
+    if flat.dtype == jnp.bool_:
+        return flat.astype(jnp.uint32)
+    size = flat.dtype.itemsize
+    if size == 4:
+        return jax.lax.bitcast_convert_type(flat, jnp.uint32)
+    if size == 8:  # two words per value (jax_enable_x64): the low word first, as NumPy's little-endian view
+        return jnp.ravel(jax.lax.bitcast_convert_type(flat, jnp.uint32))
+    if size == 2:
+        return jax.lax.bitcast_convert_type(flat, jnp.uint16).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(flat, jnp.uint8).astype(jnp.uint32)
+
+
+def checksums_torch(arrays: list[Any]) -> Any:
+    """Every array's checksum as one ``int64`` vector, in a number of PyTorch operations that does not grow with
+    the number of arrays.
+
+    The arrays whose words have one width are concatenated (as views of their bits) and their words numbered
+    from the start of the concatenation, ``g = offset + i``; two running sums, of ``w_g`` and of
+    ``w_g * (2g + 1)``, give each array's ``sum_i w_i * (2i + 1) = S1 - 2 * offset * S0`` from their values at
+    its ends. PyTorch has no unsigned 32-bit arithmetic: the products and sums are ``int64`` and wrap modulo
+    2**64, whose low 32 bits are the ones modulo 2**32."""
+    import torch
+
+    if not arrays:
+        return torch.zeros((0,), dtype=torch.int64)
+    device = arrays[0].device
+    groups: dict[Any, list[int]] = {}
+    views = [_torch_bits(torch, array) for array in arrays]
+    for index, view in enumerate(views):
+        groups.setdefault(view.dtype, []).append(index)
+    out = torch.zeros((len(arrays),), dtype=torch.int64, device=device)
+    for members in groups.values():
+        words = _torch_words(torch, torch.cat([views[i] for i in members]))
+        counts = torch.tensor([views[i].numel() for i in members], dtype=torch.int64, device=device)
+        ends = torch.cumsum(counts, 0)
+        starts = ends - counts
+        numbers = torch.arange(words.numel(), dtype=torch.int64, device=device)
+        zero = torch.zeros((1,), dtype=torch.int64, device=device)
+        weighted = torch.cat([zero, torch.cumsum(words * (numbers * 2 + 1), 0)])
+        plain = torch.cat([zero, torch.cumsum(words, 0)])
+        sums = (weighted[ends] - weighted[starts]) - 2 * starts * (plain[ends] - plain[starts])
+        out[torch.tensor(members, dtype=torch.int64, device=device)] = sums & ((1 << WORD_BITS) - 1)
+    return out
+
+
+def _torch_bits(torch: Any, array: Any) -> Any:
+    """The array's bits as a flat view whose elements are its words before widening: ``int32`` for 4- and
+    8-byte types (an 8-byte value is two of them, the low one first), ``int16``, ``uint8``, ``bool``."""
+    flat = array.detach().contiguous().reshape(-1)
+    if flat.dtype == torch.bool:
+        return flat
+    return flat.view({8: torch.int32, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[flat.element_size()])
+
+
+def _torch_words(torch: Any, bits: Any) -> Any:
+    """``_torch_bits`` views, concatenated, as ``int64`` words (the bits unchanged in the low bits)."""
+    words = bits.to(torch.int64)
+    if bits.dtype == torch.int32:
+        return words & ((1 << WORD_BITS) - 1)
+    if bits.dtype == torch.int16:
+        return words & 0xFFFF
+    return words

@@ -1,0 +1,112 @@
+"""One checksum definition: every backend's compiled kernel equals the NumPy reference bit for bit, for every
+dtype width (8, 16, 32 and 64 bits), JAX with ``jax_enable_x64`` too."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layerprint.recording.checksum import checksum_numpy, checksums_tensorflow, words_numpy
+
+DTYPES = ["bool", "int8", "uint8", "int16", "float16", "bfloat16", "int32", "float32", "int64", "float64"]
+
+
+def _values(dtype, seed=0):
+    """Values that use every bit of the type: random words, as ``dtype``."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(seed)
+    if dtype == "bool":
+        return rng.integers(0, 2, size=(5, 7)).astype(bool)
+    numpy_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    width = np.dtype(numpy_dtype).itemsize
+    raw = rng.integers(0, 256, size=(5, 7, width), dtype=np.uint8).tobytes()
+    values = np.frombuffer(raw, dtype=numpy_dtype).reshape(5, 7).copy()
+    if np.issubdtype(values.dtype, np.floating) or dtype == "bfloat16":
+        with np.errstate(invalid="ignore"):
+            values[~np.isfinite(values.astype(np.float64))] = 1.5  # NaN payloads may not survive a backend's copy
+    return values
+
+
+def test_the_reference_reads_every_width_as_documented():
+    assert list(words_numpy(np.array([1, 2], np.int8))) == [1, 2]
+    assert list(words_numpy(np.array([-1], np.int8))) == [255]
+    assert list(words_numpy(np.array([-1], np.int16))) == [0xFFFF]
+    assert list(words_numpy(np.array([1.0], np.float64))) == [0, 0x3FF00000]  # the low word first
+    assert checksum_numpy(np.array([3, 5], np.uint32)) == 3 * 1 + 5 * 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tensorflow_kernel_equals_the_reference(dtype):
+    import tensorflow as tf
+
+    values = _values(dtype)
+    tensor = tf.constant(values) if dtype != "bfloat16" else tf.cast(tf.constant(values.astype(np.float32)), tf.bfloat16)
+    got = int(tf.function(checksums_tensorflow, autograph=False)([tensor]).numpy()[0])
+    assert got == checksum_numpy(values)
+
+
+def test_one_changed_bit_in_any_word_changes_the_checksum():
+    values = _values("float64")
+    base = checksum_numpy(values)
+    for word in range(values.size * 2):
+        for bit in (0, 13, 31):
+            changed = values.copy()
+            changed.view(np.uint32).reshape(-1)[word] ^= np.uint32(1 << bit)
+            assert checksum_numpy(changed) != base, (word, bit)
+
+
+_ON_BACKEND = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from test_checksum import DTYPES, _values
+from layerprint.recording.checksum import checksum_numpy
+backend = sys.argv[2]
+out = {}
+if backend == "jax":
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from layerprint.recording.checksum import checksums_jax
+    kernel = jax.jit(checksums_jax)
+    for dtype in DTYPES:
+        values = _values(dtype)
+        array = jnp.asarray(values)
+        assert str(array.dtype) == str(values.dtype), (dtype, array.dtype)
+        out[dtype] = [int(np.asarray(kernel([array]))[0]), checksum_numpy(values)]
+    arrays = [jnp.asarray(_values(dtype)) for dtype in DTYPES] + [jnp.zeros((0, 3), jnp.float32)]
+    out["every width in one call"] = [[int(c) for c in np.asarray(kernel(arrays))],
+                                      [checksum_numpy(np.asarray(a)) for a in arrays]]
+else:
+    import torch
+    from layerprint.recording.checksum import checksums_torch
+    for dtype in DTYPES:
+        values = _values(dtype)
+        tensor = (torch.from_numpy(values.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16"
+                  else torch.from_numpy(values))
+        out[dtype] = [int(checksums_torch([tensor])[0]), checksum_numpy(values)]
+    tensors = [torch.from_numpy(_values(dtype)) for dtype in DTYPES if dtype != "bfloat16"]
+    tensors.append(torch.zeros((0, 3)))
+    out["every width in one call"] = [[int(c) for c in checksums_torch(tensors)],
+                                      [checksum_numpy(t.numpy()) for t in tensors]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_jax_and_torch_kernels_equal_the_reference(backend):
+    site = Path(sys.prefix) / f"{backend}-site"
+    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _ON_BACKEND, str(Path(__file__).parent), backend], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for dtype, (got, expected) in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        assert got == expected, (backend, dtype)

@@ -1,0 +1,215 @@
+"""The parts of the flight recorder and the sink, each tested on its own without training a model: the record
+and its file, the cadence policy, the recorder over a device of NumPy arrays, the sink into a real SQLite store
+and a real server that dies, the spool's replay."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from layerprint import keys
+from layerprint.recording import policy
+from layerprint.recording.checksum import checksums_numpy
+from layerprint.recording.device import MISSING_CHECKSUM, Device, Rows
+from layerprint.recording.record import StepRecord, read_steps
+from layerprint.recording.recorder import Budget, FlightRecorder
+from layerprint.tracking import spool
+from layerprint.tracking.sink import RunSink
+
+
+# The record.
+def test_the_record_keeps_every_step_and_reads_back_what_it_wrote(tmp_path):
+    record = StepRecord()
+    for step in range(1, 301):  # grows past its first capacity
+        record.set_metrics(step, 1 + (step - 1) // 100, 1000.0 + step, {"train/loss": 1.0 / step})
+    record.set_vector([1, 2, 3], ["bn/bn/moving_mean/mean"], np.asarray([[0.5], [0.25], [0.125]], np.float32))
+    record.set_vector([1, 3], ["checksum/d/kernel"], np.asarray([[7], [2**32 - 1]], np.int64))
+    record.checksum_every = 2
+    assert record.row(3) == {"train/loss": pytest.approx(1 / 3), "bn/bn/moving_mean/mean": 0.125}
+    steps = read_steps(record.write(tmp_path / keys.STEPS))
+    assert list(steps.columns["step"]) == list(range(1, 301)) and steps.checksum_every == 2
+    assert list(steps.columns["checksum/d/kernel"][:3]) == [7, MISSING_CHECKSUM, 2**32 - 1]
+    assert steps.series("bn/bn/moving_mean/mean") == {1: 0.5, 2: 0.25, 3: 0.125}
+    again = StepRecord.from_file(tmp_path / keys.STEPS)
+    again.set_metrics(301, 4, 0.0, {"train/loss": 0.0})
+    assert again.last_step == 301 and again.row(300) == {"train/loss": pytest.approx(1 / 300)}
+
+
+def test_a_nan_loss_is_a_value_and_a_missing_one_is_null(tmp_path):
+    record = StepRecord()
+    record.set_metrics(1, 1, 0.0, {"train/loss": float("nan")})
+    record.set_metrics(3, 1, 0.0, {"train/loss": 1.0})
+    table = record.to_table()
+    assert table.column("train/loss").to_pylist()[1] is None and np.isnan(table.column("train/loss")[0].as_py())
+
+
+# The policy.
+def test_checksums_stay_every_step_below_the_floor_and_rise_in_powers_of_two_above_it():
+    assert policy.checksum_every(5e-5, 1e-3, 0.02) == 1  # 5 % of a tiny step, but 50 us: always taken
+    assert policy.checksum_every(0.003, 0.3, 0.02) == 1  # 1 %: under three quarters of the budget
+    assert policy.checksum_every(0.0167, 0.656, 0.02) == 2  # ResNet50 on two CPU cores: 2.5 %
+    assert policy.checksum_every(0.1, 0.1, 0.02) == 128  # as costly as the step
+
+
+def test_publishing_rises_when_the_sink_costs_more_than_the_budget_left():
+    assert policy.publish_every(60e-6, 10, 100, 10.0, 0.0, 0.02) == 1
+    assert policy.publish_every(60e-6, 200, 1000, 10.0, 0.0, 0.02) == 64  # 1.2x the fit at every step
+    assert policy.publish_every(60e-6, 10, 100, 1.0, 0.05, 0.02) == policy.MAX_PUBLISH_EVERY  # budget spent
+
+
+# The recorder, over a device of NumPy arrays.
+class HostDevice(Device):
+    """A device whose variables are NumPy arrays, read between steps; ``break_at`` makes a drain raise."""
+
+    backend = "numpy"
+
+    def __init__(self, arrays, break_at=None):
+        variables = [SimpleNamespace(shape=a.shape, dtype=str(a.dtype), value=a) for a in arrays]
+        super().__init__(None, variables, [])
+        self.arrays, self.break_at, self.pending, self.drains = arrays, break_at, [], 0
+
+    def read(self, step, with_checksums):
+        sums = checksums_numpy(self.arrays).astype(np.int64) if with_checksums else None
+        self.pending.append((step, sums))
+
+    def drain(self):
+        self.drains += 1
+        if self.drains == self.break_at:
+            raise RuntimeError("the device went away")
+        pending, self.pending = self.pending, []
+        checksums = np.stack([s if s is not None else np.full(len(self.arrays), MISSING_CHECKSUM) for _, s in pending]) \
+            if pending else np.zeros((0, len(self.arrays)), np.int64)
+        return Rows(np.asarray([step for step, _ in pending], np.int64), np.zeros((len(pending), 0), np.float32), checksums)
+
+
+class PointSink:
+    def __init__(self):
+        self.points = []
+
+    def log_metrics(self, points, step, timestamp_ms=None):
+        self.points += [(key, step) for key in points]
+
+    def steps(self, key):
+        return [step for k, step in self.points if k == key]
+
+
+def _drive(recorder, device, record, steps, epoch_ends, change=None):
+    """What the hooks do: the state of step s is read before step s + 1; logs filed; epochs end."""
+    for step in range(1, steps + 1):
+        if step > 1:
+            recorder.step_done(step - 1)
+            if recorder.drain_due:
+                recorder.drain()
+        device.arrays[0] += 0.5  # the step
+        if change and step == change:
+            device.arrays[1][0] += 1.0  # a callback's change between two steps
+        record.set_metrics(step, 1, 0.0, {"train/loss": 1.0 / step})
+        if step in epoch_ends:
+            recorder.epoch_done(step)
+            recorder.file_state(step, [a.copy() for a in device.arrays])
+
+
+def test_the_recorder_files_every_step_and_a_change_between_steps_at_the_earlier_step(tmp_path):
+    device = HostDevice([np.zeros(4, np.float32), np.ones(3, np.float32)])
+    record, sink = StepRecord(), PointSink()
+    recorder = FlightRecorder(device, record, sink, Budget(publish_every=1), 1, ["checksum/a", "checksum/b"])
+    _drive(recorder, device, record, 40, {20, 40}, change=5)
+    _, checksums = read_steps(record.write(tmp_path / keys.STEPS)).checksums()
+    assert (checksums["a"] >= 0).all() and (checksums["b"] >= 0).all()  # every step
+    b = checksums["b"]
+    assert len(set(b[:4])) == 1 and b[4] != b[3] and len(set(b[4:])) == 1  # the change shows at step 5
+    assert sink.steps("train/loss") == list(range(1, 41))
+
+
+def test_a_forced_cadence_takes_checksums_on_its_steps_and_the_first_and_epoch_ends():
+    device = HostDevice([np.zeros(4, np.float32)])
+    record = StepRecord()
+    recorder = FlightRecorder(device, record, PointSink(), Budget(checksum_every=4), 1, ["checksum/a"])
+    _drive(recorder, device, record, 10, {10})
+    taken = [i + 1 for i, value in enumerate(record.to_table().column("checksum/a").to_pylist()) if value is not None]
+    assert taken == [1, 4, 8, 10] and record.checksum_every == 4
+
+
+def test_a_later_fit_chooses_its_cadence_after_two_steps_when_the_cost_is_known():
+    device = HostDevice([np.zeros(4, np.float32)])
+    record = StepRecord()
+    recorder = FlightRecorder(device, record, PointSink(), Budget(), 1, ["checksum/a"], prior_checksum_seconds=10.0)
+    for step in (1, 2, 3):
+        recorder.step_done(step)
+        time.sleep(0.001)
+    assert record.checksum_every == policy.MAX_CHECKSUM_EVERY  # ten seconds a checksum: as rare as can be
+    assert device.checksum_every == record.checksum_every
+
+
+def test_when_the_device_fails_the_logs_are_still_filed_and_published():
+    device = HostDevice([np.zeros(4, np.float32)], break_at=1)
+    record, sink = StepRecord(), PointSink()
+    recorder = FlightRecorder(device, record, sink, Budget(publish_every=1), 1, ["checksum/a"])
+    for step in range(1, 41):
+        if step > 1:
+            recorder.step_done(step - 1)
+            if recorder.drain_due:
+                with pytest.raises(RuntimeError):
+                    recorder.drain()
+                recorder.drop_device()
+                recorder.drain()
+        record.set_metrics(step, 1, 0.0, {"train/loss": 1.0})
+    recorder.epoch_done(40)
+    recorder.file_state(40, None)
+    assert sink.steps("train/loss") == list(range(1, 41))
+
+
+# The sink and the spool, against real stores.
+def test_the_sink_sends_everything_in_batches_within_mlflows_limits(sqlite_uri, client):
+    run_id = client.create_run(client.create_experiment("sink")).info.run_id
+    sink = RunSink(sqlite_uri, run_id, flush_interval=0.05)
+    for step in range(1, 1501):
+        sink.log_metrics({"train/loss": float(step), "bn/x": 0.5}, step)
+    sink.log_params({f"p{i}": i for i in range(150)})
+    sink.set_tags({f"t{i}": "x" * 9000 for i in range(3)})
+    stats = sink.close(30)
+    assert stats.metrics_sent == 3000 and stats.metrics_spooled == 0 and not stats.errors
+    run = client.get_run(run_id)
+    assert len(run.data.params) == 150 and len(run.data.tags["t0"]) == 8000  # cut to MLflow's limit
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 1501))
+
+
+def test_a_server_that_dies_gets_nothing_lost_the_spool_replays_it_once(tmp_path, mlflow_server):
+    client = MlflowClient(mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("dies")).info.run_id
+    sink = RunSink(mlflow_server.uri, run_id, flush_interval=0.05)
+    sink.log_metrics({"m": 1.0}, 1)
+    assert sink.flush(30)
+    mlflow_server.kill()
+    (tmp_path / "file.txt").write_text("kept")
+    sink.log_metrics({"m": 2.0}, 2)
+    sink.log_artifact(tmp_path / "file.txt", "layerprint")
+    started = time.monotonic()
+    stats = sink.close(3)
+    sink.finish("FINISHED", 3)
+    assert time.monotonic() - started < 20
+    assert stats.metrics_spooled >= 1 and stats.artifacts_spooled == 1
+    records = spool.read_records(spool.spool_root() / f"{run_id}.jsonl")
+    assert {r["kind"] for r in records} == {"batch", "artifact", "terminate"}
+    mlflow_server.start()
+    for _ in range(2):  # twice: nothing lands twice
+        result = spool.sync(mlflow_server.uri)
+    assert result.runs == 0 and result.remaining == 0
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "m")] == [(1, 1.0), (2, 2.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id, "layerprint")] == ["layerprint/file.txt"]
+
+
+def test_a_spooled_run_that_was_never_created_is_created_once(tmp_path, sqlite_uri, client):
+    run_spool = spool.RunSpool("offline-abc", sqlite_uri)
+    run_spool.create_run("replayed", "r", None)
+    run_spool.batch([("m", 1.0, 1000, 1), ("m", 2.0, 1001, 2)], {"p": "1"}, {"t": "x"})
+    run_spool.terminate("FAILED")
+    created = spool.sync(sqlite_uri)
+    assert (created.runs, created.metrics, created.remaining) == (1, 2, 0)
+    (run,) = client.search_runs([client.get_experiment_by_name("replayed").experiment_id])
+    assert run.info.status == "FAILED" and run.data.params == {"p": "1"} and run.data.tags["t"] == "x"
+    assert spool.sync(sqlite_uri).runs == 0 and json.dumps(spool.entries(), default=str) == "[]"
