@@ -5,18 +5,22 @@ import json
 import operator
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+from helpers.nudge import NUDGE_STEP, deterministic_pair
 from helpers.processes import run_cli
 
-from layerprint import LayerprintCallback
-from layerprint.analysis.compare import compare_records, first_divergence
+from layerprint import LayerprintCallback, keys
+from layerprint.analysis.compare import compare_records, first_divergence, where_weights_part
 from layerprint.analysis.report import render, write_report
 from layerprint.analysis.runs import collect
-from layerprint.tracking.steps import read_steps
+from layerprint.recording.record import read_steps
 
 PERTURB_AT_STEP = 5  # the first step whose loss sees the perturbed weights
 
@@ -184,48 +188,61 @@ def test_plots_drawn_by_worker_processes_equal_those_drawn_here(tmp_path, sqlite
         assert a.read_bytes() == b.read_bytes(), a.name
 
 
-class Nudge(keras.callbacks.Callback):
-    """Adds 1e-3 to one kernel right after the given (1-based, global) step's update."""
-
-    def __init__(self, step, layer):
-        super().__init__()
-        self.step, self.layer, self.seen = step, layer, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            kernel = self.model.get_layer(self.layer).kernel
-            kernel.assign(kernel + 1e-3)
-
-
-def _deterministic_pair(uri, nudge_step=None):
-    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
-    y = x.sum(axis=1, keepdims=True)
-    mlflow.set_tracking_uri(uri)
-    run_ids = []
-    for i in range(2):
-        keras.utils.set_random_seed(11)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="d0"),
-                                  keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1, name="head")])
-        model.compile("sgd", "mse")
-        extra = [Nudge(nudge_step, "head")] if nudge_step and i == 1 else []
-        with mlflow.start_run(run_name=f"det{i}") as run:
-            model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
-                      callbacks=extra + [LayerprintCallback(checksum_every=1)])
-        run_ids.append(run.info.run_id)
-    return run_ids
-
-
 def test_first_weight_divergence_is_the_nudged_variable_at_its_step(sqlite_uri, client):
-    a, b = _deterministic_pair(sqlite_uri, nudge_step=5)
+    a, b = deterministic_pair(sqlite_uri, nudge_step=NUDGE_STEP)  # the callback at its defaults
     (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
     assert pair["identical_init"] is True
-    assert pair["first_weight_divergence"] == {"step": 5, "variables": ["head/kernel"]}
+    assert pair["first_weight_divergence"] == {"step": 5, "last_equal_step": 4, "variables": ["head/kernel"]}
     assert pair["first_divergence_step"] == 6  # the first loss computed with the nudged weight
+    assert client.get_run(b).data.tags[keys.TAG_CHECKSUM_EVERY] == "1"
+
+
+_NUDGE_ON_BACKEND = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import keras
+from mlflow.tracking import MlflowClient
+from helpers.nudge import NUDGE_STEP, deterministic_pair
+from layerprint.analysis.compare import compare_records
+from layerprint.analysis.runs import collect
+a, b = deterministic_pair(sys.argv[1], nudge_step=NUDGE_STEP)
+(pair,) = compare_records(collect(MlflowClient(sys.argv[1]), run_ids=[a, b]))["pairs"]
+print(json.dumps({"backend": keras.backend.backend(), "weights": pair["first_weight_divergence"],
+                  "losses": pair["first_divergence_step"]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_nudge_is_located_at_its_step_at_the_defaults_on_jax_and_pytorch(backend, sqlite_uri):
+    site = Path(sys.prefix) / f"{backend}-site"
+    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _NUDGE_ON_BACKEND, sqlite_uri, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "backend": backend, "weights": {"step": 5, "last_equal_step": 4, "variables": ["head/kernel"]}, "losses": 6}
+
+
+def test_sparse_checksums_say_between_which_steps_the_weights_part(sqlite_uri, client):
+    # Checksums every 4 steps (and at the first step and epoch ends): 1, 4, 8, ...; the nudge after step 5
+    # is first seen at 8, after equal checksums at 4. The losses part at 6, so the weights parted by 5.
+    a, b = deterministic_pair(sqlite_uri, nudge_step=NUDGE_STEP, checksum_every=4)
+    report = compare_records(collect(client, run_ids=[a, b]))
+    (pair,) = report["pairs"]
+    assert client.get_run(b).data.tags[keys.TAG_CHECKSUM_EVERY] == "4"
+    divergence = pair["first_weight_divergence"]
+    assert (divergence["step"], divergence["last_equal_step"]) == (8, 4)
+    assert "head/kernel" in divergence["variables"]  # and the others the steps 6 to 8 changed since
+    assert where_weights_part(pair) == ("at 5 (by the losses)", 5)
+    assert where_weights_part({**pair, "first_divergence_step": None}) == ("between 4 and 8", 8)
+    assert "| at 5 (by the losses): " in render(report, "markdown")
 
 
 def test_twins_never_part_and_the_record_holds_every_step(sqlite_uri, client):
-    a, b = _deterministic_pair(sqlite_uri)
+    a, b = deterministic_pair(sqlite_uri)
     (pair,) = compare_records(collect(client, run_ids=[a, b]))["pairs"]
     assert pair["first_weight_divergence"] is None and pair["first_divergence_step"] is None
     steps = read_steps(client.download_artifacts(a, "layerprint/steps.parquet"))
@@ -245,8 +262,9 @@ def test_loss_divergence_from_the_record_matches_the_per_step_losses(sqlite_uri,
 
 
 def test_the_table_and_markdown_show_where_weights_part(sqlite_uri, client, tmp_path):
-    a, b = _deterministic_pair(sqlite_uri, nudge_step=5)
+    a, b = deterministic_pair(sqlite_uri, nudge_step=NUDGE_STEP)
+    assert client.get_run(b).data.tags[keys.TAG_CHECKSUM_EVERY] == "1"
     report = compare_records(collect(client, run_ids=[a, b]))
-    assert "5: head/kernel" in render(report, "table")
-    assert "5: head/kernel" in render(report, "markdown")
+    assert "at 5: head/kernel" in render(report, "table")
+    assert "at 5: head/kernel" in render(report, "markdown")
     assert json.loads(render(report, "json"))["pairs"][0]["first_weight_divergence"]["step"] == 5

@@ -67,6 +67,7 @@ BN_STATS = ("moving_mean", "moving_variance")
 GAP_PREFIX = "gap/"  # |loss_a - loss_b| at every step both runs logged
 LOSSES_PART_PREFIX = "losses_part_at_step/"  # compare's first_divergence_step (logged at step 0)
 WEIGHTS_PART_PREFIX = "weights_part_at_step/"  # compare's first_weight_divergence step (logged at step 0)
+WEIGHTS_EQUAL_PREFIX = "weights_equal_until_step/"  # its last_equal_step: parted after it (logged at step 0)
 SWEEP_RUNS = "sweep/runs"
 SWEEP_INIT_GROUPS = "sweep/identical_init_groups"  # groups of 2+ runs that start bitwise identical
 SWEEP_PAIRS_SHARING_INIT = "sweep/pairs_sharing_init"

@@ -2,10 +2,15 @@
 weights end apart.
 
 Loss curves come from each run's flight record (``steps.parquet``, every step) when it has one, else
-from the published ``train/loss`` metric. ``first_weight_divergence`` is the first step, among the
-steps where both records hold checksums, at which some variable's checksum differs between the two
-runs, with those variables: ``{"step": K, "variables": [path, ...]}``; null when they never differ or
-share no checksummed variable and step.
+from the published ``train/loss`` metric. ``first_weight_divergence`` is ``{"step": K,
+"last_equal_step": J, "variables": [path, ...]}``: K the first step, among the steps where both records
+hold checksums, at which some variable's checksum differs between the two runs, ``variables`` those that
+differ there, J the last step before K at which every checksum was compared and equal (0: the initial
+weights, when the runs start bitwise identical; null when they never were equal). The weights parted after
+step J and by step K: exactly at K when ``J == K - 1`` (checksums every step), somewhere between otherwise
+(a checksum cadence above 1). Null when they never differ or share no checksummed variable and step.
+``where_weights_part`` says it in words, narrowed by the losses where they can: a loss that differs at
+step L was computed with the weights step L - 1 left, so they had parted by then.
 
 ``first_divergence_step`` is the first global step logged by both runs where
 ``|loss_a - loss_b| > atol + rtol * max(|loss_a|, |loss_b|)`` (defaults ``atol=1e-6``,
@@ -108,8 +113,14 @@ def first_divergence(a: dict[int, float], b: dict[int, float], atol: float = DEF
     return first, float(gap.max())
 
 
-def first_weight_divergence(a: RunRecord, b: RunRecord) -> dict[str, Any] | None:
-    """Where two runs' weights first differ, to the step and the variable (module doc)."""
+def first_weight_divergence(a: RunRecord, b: RunRecord, identical_init: bool = False) -> dict[str, Any] | None:
+    """Where two runs' weights first differ, to the step and the variable (module doc).
+
+    Args:
+        a, b: the runs.
+        identical_init: whether they start bitwise identical (then step 0 is the last equal one, unless a
+            later compared step is).
+    """
     if a.checksums is None or b.checksums is None:
         return None
     paths = sorted(set(a.checksums) & set(b.checksums))
@@ -119,6 +130,7 @@ def first_weight_divergence(a: RunRecord, b: RunRecord) -> dict[str, Any] | None
     rows_b = {int(step): row for row, step in enumerate(b.checksum_steps)}
     table_a = np.stack([a.checksums[p] for p in paths], 1)
     table_b = np.stack([b.checksums[p] for p in paths], 1)
+    last_equal = 0 if identical_init else None
     for step in sorted(set(rows_a) & set(rows_b)):
         left, right = table_a[rows_a[step]], table_b[rows_b[step]]
         taken = (left >= 0) & (right >= 0)
@@ -126,8 +138,30 @@ def first_weight_divergence(a: RunRecord, b: RunRecord) -> dict[str, Any] | None
             continue
         differ = taken & (left != right)
         if differ.any():
-            return {"step": step, "variables": [paths[i] for i in np.flatnonzero(differ)]}
+            return {"step": step, "last_equal_step": last_equal, "variables": [paths[i] for i in np.flatnonzero(differ)]}
+        if taken.all():
+            last_equal = step
     return None
+
+
+def where_weights_part(pair: dict[str, Any]) -> tuple[str, int | None]:
+    """Where a pair's weights part, in words, and the last step by which they had parted: ``at K`` (exact),
+    ``between J and K`` (checksums on a cadence; narrowed by the losses where they can), ``from the start``
+    (they never were equal), ``never``.
+
+    Args:
+        pair: one of ``compare_records``' pairs.
+    """
+    divergence, losses = pair.get("first_weight_divergence"), pair.get("first_divergence_step")
+    if not divergence:
+        return "never", None
+    step, last_equal = divergence["step"], divergence.get("last_equal_step")
+    if last_equal is None:
+        return "from the start", step
+    by = min(step, losses - 1) if losses is not None and losses - 1 > last_equal else step
+    if by == last_equal + 1:
+        return f"at {by}" + (" (by the losses)" if by != step else ""), by
+    return f"between {last_equal} and {by}", by
 
 
 def weight_distance(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> tuple[float | None, dict[str, float]]:
@@ -171,14 +205,15 @@ def compare_records(records: list[RunRecord], atol: float = DEFAULT_ATOL, rtol: 
     pairs = []
     for a, b in combinations(records, 2):
         step, gap = first_divergence(a.loss, b.loss, atol, rtol)
+        identical = bool(a.init_fingerprint) and a.init_fingerprint == b.init_fingerprint
         distance, per_layer = weight_distance(a.weights, b.weights)
         bn_gap, bn_per_layer = batchnorm_gap(a.batchnorm, b.batchnorm)
         pairs.append({
             "a": a.run_id,
             "b": b.run_id,
-            "identical_init": bool(a.init_fingerprint) and a.init_fingerprint == b.init_fingerprint,
+            "identical_init": identical,
             "first_divergence_step": step,
-            "first_weight_divergence": first_weight_divergence(a, b),
+            "first_weight_divergence": first_weight_divergence(a, b, identical),
             "max_loss_gap": gap,
             "final_weight_distance": distance,
             "final_weight_distance_per_layer": per_layer,

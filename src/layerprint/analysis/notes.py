@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from layerprint.analysis.addresses import comparison_addresses
+from layerprint.analysis.compare import where_weights_part
 from layerprint.analysis.runs import RunRecord
 from layerprint.compat.mlflow import run_artifact_address
 
@@ -97,10 +98,10 @@ def sweep_note(report: dict[str, Any], parent_run_id: str, experiment_id: str, p
     lines += ["", "**Pairs that share an init, and where they part**"
               + (":" if identical else ": none."), ""]
     if identical:
-        lines += ["| run a | run b | losses part at step | weights part at step (variables) |", "|---|---|---|---|"]
+        lines += ["| run a | run b | losses part at step | weights part (variables) |", "|---|---|---|---|"]
         for pair in identical[:MAX_PAIRS_LISTED]:
             weights = pair.get("first_weight_divergence")
-            where = (f"{weights['step']} ({', '.join(f'`{v}`' for v in weights['variables'][:3])}"
+            where = (f"{where_weights_part(pair)[0]} ({', '.join(f'`{v}`' for v in weights['variables'][:3])}"
                      f"{' ...' if len(weights['variables']) > 3 else ''})") if weights else "never"
             loss = pair["first_divergence_step"] if pair["first_divergence_step"] is not None else "never"
             lines.append(f"| {names[pair['a']]} | {names[pair['b']]} | {loss} | {where} |")

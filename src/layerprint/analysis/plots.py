@@ -22,6 +22,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from layerprint import keys  # noqa: E402
+from layerprint.analysis.compare import where_weights_part  # noqa: E402
 
 MAX_HEATMAP_PAIRS = 60
 MAX_GAP_LINES = 16  # lines per panel of the gap plots (the pairs that part first)
@@ -76,13 +77,16 @@ def _layers_of_pairs(records: list[Any], report: dict[str, Any]) -> dict[str, li
 
 def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | None = None) -> Path:
     """Per-step loss of every run, one panel per layer kind, coloured by variant, with a line style per
-    run within an init group; a dotted line marks each step where a pair of runs' weights first part
-    (``first_weight_divergence``)."""
+    run within an init group; a dotted line marks each step by which a pair of runs that started equal had
+    parted (``compare.where_weights_part``: at that step, or between two checksummed steps)."""
     colours = variant_colours(records)
     styles = _styles_within_init_groups(records)
     parts: dict[str, set[int]] = {}
+    words: dict[str, set[str]] = {}
     for layer, pairs in _layers_of_pairs(records, report or {}).items():
-        parts[layer] = {p["first_weight_divergence"]["step"] for p in pairs if p.get("first_weight_divergence")}
+        found = [where_weights_part(p) for p in pairs if p.get("first_weight_divergence")]
+        parts[layer] = {by for text, by in found if text != "from the start"}
+        words[layer] = {text for text, _ in found if text != "from the start"}
     layers = list(dict.fromkeys(r.layer or "?" for r in records))
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 2.8 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
@@ -96,7 +100,7 @@ def plot_loss_curves(records: list[Any], path: Path, report: dict[str, Any] | No
                     marker=marker, ms=3, markevery=max(1, len(steps) // 12))
         for step in sorted(parts.get(layer, ())):
             ax.axvline(step, color="black", ls=":", lw=0.8)
-        marked = f"; weights part at step {', '.join(map(str, sorted(parts[layer])))}" if parts.get(layer) else ""
+        marked = f"; weights part {', '.join(sorted(words[layer]))}" if words.get(layer) else ""
         ax.set_title(f"layer={layer}{marked}", fontsize=10)
         ax.set_xlabel("global step")
         ax.set_ylabel("train/loss")

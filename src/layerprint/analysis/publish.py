@@ -6,8 +6,9 @@ The parent run gets:
 - its description (``mlflow.note.content``, ``notes.sweep_note``) and each run's (``notes.run_note``);
 - metrics, for each compared pair of runs of the same layer (at most ``MAX_PAIRS_AS_METRICS``, the pairs
   that share an init first): ``gap/<run a>__<run b>``, the loss gap at every step both logged, and, at
-  step 0, ``losses_part_at_step/<pair>`` and ``weights_part_at_step/<pair>`` (compare's
-  ``first_divergence_step`` and ``first_weight_divergence``; absent when they never part); and
+  step 0, ``losses_part_at_step/<pair>``, ``weights_part_at_step/<pair>`` and
+  ``weights_equal_until_step/<pair>`` (compare's ``first_divergence_step`` and ``first_weight_divergence``'s
+  ``step`` and ``last_equal_step``; absent when they never part); and
   ``sweep/runs``, ``sweep/identical_init_groups``, ``sweep/pairs_sharing_init``;
 - params: what the caller gives (the sweep's overrides);
 - a saved view of the experiment's runs page (``compat.mlflow.save_runs_chart_view``, keyed by the
@@ -53,9 +54,10 @@ def comparison_metrics(report: dict[str, Any], records: list[RunRecord], timesta
             gap = abs(losses[a][step] - losses[b][step])
             if np.isfinite(gap):
                 points.append((keys.pair_key(keys.GAP_PREFIX, labels[a], labels[b]), float(gap), timestamp_ms, step))
-        weights = pair.get("first_weight_divergence")
+        weights = pair.get("first_weight_divergence") or {}
         for prefix, step in ((keys.LOSSES_PART_PREFIX, pair["first_divergence_step"]),
-                             (keys.WEIGHTS_PART_PREFIX, weights["step"] if weights else None)):
+                             (keys.WEIGHTS_PART_PREFIX, weights.get("step")),
+                             (keys.WEIGHTS_EQUAL_PREFIX, weights.get("last_equal_step"))):
             if step is not None:
                 points.append((keys.pair_key(prefix, labels[a], labels[b]), float(step), timestamp_ms, 0))
     counts = {keys.SWEEP_RUNS: len(report["runs"]),

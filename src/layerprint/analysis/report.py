@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from layerprint.analysis.compare import same_layer_pairs
+from layerprint.analysis.compare import same_layer_pairs, where_weights_part
 from layerprint.analysis.runs import RunRecord
 
 
@@ -23,12 +23,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _weights_part(divergence: dict[str, Any] | None, width: int) -> str:
-    """``first_weight_divergence`` in a cell: ``<step>: <variable>[ +n]``, cut to ``width``."""
+def _weights_part(pair: dict[str, Any], width: int) -> str:
+    """Where a pair's weights part in a cell: ``<where>: <variable>[ +n]`` (``where_weights_part``), cut to
+    ``width``."""
+    divergence = pair.get("first_weight_divergence")
     if not divergence:
         return "-"
     first, more = divergence["variables"][0], len(divergence["variables"]) - 1
-    text = f"{divergence['step']}: {first}" + (f" +{more}" if more else "")
+    text = f"{where_weights_part(pair)[0]}: {first}" + (f" +{more}" if more else "")
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -46,7 +48,7 @@ def _rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
                  f"G{group_of.get(r['run_id'], '-')}", (r["init_fingerprint"] or "-")[:12], r["status"]]
                 for r in report["runs"]]
     pair_rows = [[names[p["a"]], names[p["b"]], _fmt(p["identical_init"]), _fmt(p["first_divergence_step"]),
-                  _weights_part(p.get("first_weight_divergence"), 22), _fmt(p["max_loss_gap"]),
+                  _weights_part(p, 34), _fmt(p["max_loss_gap"]),
                   _fmt(p["final_weight_distance"])] for p in same_layer_pairs(report)]
     return run_rows, pair_rows
 
@@ -74,8 +76,8 @@ def format_table(report: dict[str, Any]) -> str:
         table(RUN_HEADER, run_rows),
         "",
         f"Pairs of runs of the same layer (loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g});",
-        "'diverges at': first step the losses differ; 'weights part at': first step a variable's checksum",
-        "differs, and which ('-' = never / not comparable):",
+        "'diverges at': first step the losses differ; 'weights part at': where a variable's checksum first",
+        "differs, and which: at a step, between two checksummed steps, or from the start ('-' = never):",
         table(PAIR_HEADER, pair_rows),
     ]
     bn_rows = _bn_rows(report)
@@ -131,8 +133,8 @@ def format_html(report: dict[str, Any], images: list[Path] | None = None, title:
              f"<h2>Runs ({len(report['runs'])})</h2><p>Runs in one init group start with bitwise-identical weights.</p>",
              table(RUN_HEADER, run_rows),
              f"<h2>Pairs of runs of the same layer kind</h2><p>Loss tolerance atol={tol['atol']:g}, rtol={tol['rtol']:g}; "
-             "'diverges at': the first step the losses differ; 'weights part at': the first step a variable's "
-             "checksum differs, and which.</p>",
+             "'diverges at': the first step the losses differ; 'weights part at': where a variable's checksum "
+             "first differs (at a step, between two checksummed steps, or from the start), and which.</p>",
              table(PAIR_HEADER, pair_rows)]
     bn_rows = _bn_rows(report)
     if bn_rows:
