@@ -33,8 +33,15 @@ test: $(BIN)/.installed-for-tests  ## every test, the slow ones too: two at a ti
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup -m "not serial"
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial
 
-test-fast: $(BIN)/.installed-for-tests  ## the tests not marked slow (unit and small end-to-end tests)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+# The parts, each on its own: the record, the cadences, the recorder, the sink into a real store and a real
+# server that dies, the spool, the checksum on three backends, the config, the data, the hooks driven
+# directly, fingerprints and sharing, the import graph and the private APIs in compat. No full run trained.
+FAST_TESTS := tests/test_parts.py tests/test_checksum.py tests/test_recording.py tests/test_architecture.py \
+	tests/test_compat_apis.py tests/test_config.py tests/test_data.py tests/test_callback_hooks.py \
+	tests/test_fingerprint.py tests/test_sharing.py
+
+test-fast: $(BIN)/.installed-for-tests  ## the parts' tests (about a minute on 2 cores)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow" $(FAST_TESTS)
 
 bench: $(BIN)/.installed-for-tests  ## benchmarks; prints ratios measured in one run
 	$(BIN)/python benchmarks/callback_overhead.py

@@ -16,7 +16,7 @@ from layerprint import keys
 from layerprint.analysis.claims import CATALOGUE
 from layerprint.runner.lab import run_claims
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("claims")]  # one worker computes the catalogue once
 
 
 @pytest.fixture(scope="module")

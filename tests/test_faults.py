@@ -80,11 +80,12 @@ def test_server_killed_mid_fit_and_restarted_loses_nothing_and_duplicates_nothin
         time.sleep(3)  # training goes on while nothing listens
         server = MlflowServer(tmp_path / "server", port=server.port, backend_uri=server_backend).start()
         out, err = fit.communicate(timeout=300)
+    except BaseException:
+        server.kill()
+        raise
     finally:
         fit.kill()
-        server.kill()
-        server = MlflowServer(tmp_path / "server", port=server.port, backend_uri=server_backend).start()
-    try:
+    try:  # read back from the restarted server
         assert fit.returncode == 0, err[-3000:]
         client = MlflowClient(server.uri)
         run = client.get_run(run_id)
