@@ -265,7 +265,7 @@ class FitSession:
         if function is not None:
             self.model.train_function = function  # for this fit; given back by ``finish``
         device = self.device
-        if device is not None and needs_measuring(device.backend, device.words, len(device.variables)):
+        if device is not None and needs_measuring(device.backend, *device.checksum_size()):
             self._background(part.CALIBRATION, kernel_speed, device.backend)  # what a checksum costs here
         values = self.parts.guard(part.VALUES, self.read_values, variables)
         state.initial_values = values

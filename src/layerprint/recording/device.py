@@ -88,6 +88,12 @@ class Device:
         steps instead."""
         return None
 
+    def checksum_size(self) -> tuple[int, int]:
+        """``(words, variables)`` that what a step's checksums cost grows with (``calibration.estimate``):
+        inside the train step, the words only (the checksums make no call of their own there, and take the
+        variables of one shape in one operation); between steps, the variables too."""
+        return self.words, 0 if self.records_in_step else len(self.variables)
+
     def start(self, first_step: int, checksum_every: int) -> None:
         """Begin a fit whose first step is global step ``first_step``."""
         self.first_step, self.checksum_every = first_step, checksum_every

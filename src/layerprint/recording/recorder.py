@@ -196,7 +196,7 @@ class FlightRecorder:
         if len(self._step_times) < self._steps_to_choose or self.device is None:
             return
         if self.checksum_seconds is None:
-            self.checksum_seconds = estimate(self.device.backend, self.device.words, len(self.device.variables))
+            self.checksum_seconds = estimate(self.device.backend, *self.device.checksum_size())
             if self.checksum_seconds is None:
                 return  # the kernel's speed is being measured off the training thread: decide later
         step_seconds = float(np.median(np.diff(self._step_times)))
