@@ -189,7 +189,7 @@ class LayerprintCallback(keras.callbacks.Callback):
             return
         self.session = FitSession(self._options(), lambda: self.model, unsynced_model(self))
         self._sessions.append(self.session)
-        self.session.begin()
+        self.session.begin(self.params)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._open():

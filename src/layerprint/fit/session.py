@@ -78,7 +78,7 @@ class FitSession:
         self.device: Device | None = None
         self.artifacts: Artifacts | None = None
         self.futures: list[Future] = []
-        self.open = False
+        self.open, self.planned_steps = False, None
         self._worker: ThreadPoolExecutor | None = None
         self.logs = StepLogs()
         self._hook: OptimizerBuildHook | None = None
@@ -89,8 +89,10 @@ class FitSession:
         return self.binding.run_key
 
     # The hooks.
-    def begin(self) -> None:
-        self.open = True
+    def begin(self, keras_params: dict[str, Any] | None = None) -> None:
+        """The fit begins; ``keras_params``: Keras's ``Callback.params`` (its steps and epochs, when known)."""
+        params = keras_params or {}
+        self.open, self.planned_steps = True, (params.get("steps") or 0) * (params.get("epochs") or 0) or None
         CACHE.opened(self)
         self.artifacts = Artifacts(self._upload)
         self.progress = self.parts.guard(part.RUN, self.binding.start, self.artifacts.folder)
@@ -260,7 +262,7 @@ class FitSession:
         self.device = self.parts.guard(part.RECORDER, self._device, variables, in_step)
         self.recorder = FlightRecorder(self.device, progress.record, self.binding, self.options.budget,
                                        state.step_base + 1, checksum_columns([state.paths[id(v)] for v in variables]),
-                                       CACHE.checksum_seconds.get(self.model))
+                                       CACHE.checksum_seconds.get(self.model), self.planned_steps)
         function = self.device.train_function() if self.device is not None else None
         if function is not None:
             self.model.train_function = function  # for this fit; given back by ``finish``

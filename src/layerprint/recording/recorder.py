@@ -8,8 +8,9 @@ the record, and publishes the rows due to the sink (``sink.log_metrics``), a sha
 (``recording.policy``). The state an epoch's last step left comes from the snapshot taken at its end,
 computed on the host by ``file_state`` (off the training thread).
 
-The checksum cadence is 1 unless the checksums' estimated cost per step says otherwise
-(``recording.calibration``, measured off the training thread; ``policy.checksum_every``), chosen after the
+The checksum cadence is 1 unless the checksums' estimated cost per step says otherwise and a rise pays for
+itself over the fit's remaining steps (``recording.calibration``, measured off the training thread;
+``policy.checksum_every``), chosen after the
 fit's fourth step (its second when an earlier fit of the model measured it), once the kernel's speed is
 known, and fixed for the fit.
 """
@@ -60,12 +61,14 @@ class FlightRecorder:
         first_step: the fit's first global step.
         checksum_columns: the record's column of each of the device's variables, in its order.
         prior_checksum_seconds: what the checksums cost per step in an earlier fit of the model, or None.
+        planned_steps: the steps the fit is to run (Keras's ``params``), when known.
     """
 
     def __init__(self, device: Device | None, record: StepRecord, sink: Any, budget: Budget, first_step: int,
-                 checksum_columns: list[str], prior_checksum_seconds: float | None = None) -> None:
+                 checksum_columns: list[str], prior_checksum_seconds: float | None = None,
+                 planned_steps: int | None = None) -> None:
         self.device, self.record, self.sink, self.budget = device, record, sink, budget
-        self.first_step, self.checksum_columns = first_step, checksum_columns
+        self.first_step, self.checksum_columns, self.planned_steps = first_step, checksum_columns, planned_steps
         self.publish_every = budget.publish_every or 1
         self.last_step = first_step - 1  # the last step ``step_done`` was given (read between steps, if so)
         self._reached = first_step - 1  # the last step known done (also from an epoch's or the fit's end)
@@ -200,9 +203,14 @@ class FlightRecorder:
             if self.checksum_seconds is None:
                 return  # the kernel's speed is being measured off the training thread: decide later
         step_seconds = float(np.median(np.diff(self._step_times)))
+        switch_seconds = 0.0
         if self.device.records_in_step:
+            # The first call traced (or compiled) the train function: a rise traces the one without checksums.
+            switch_seconds = max(self._step_times[0] - self._started - step_seconds, 0.0)
             step_seconds /= getattr(self.device, "block", 1)
-        every = policy.checksum_every(self.checksum_seconds, step_seconds, self.budget.share)
+        done = self.last_step - self.first_step + 1
+        steps_left = self.planned_steps - done if self.planned_steps is not None else None
+        every = policy.checksum_every(self.checksum_seconds, step_seconds, self.budget.share, steps_left, switch_seconds)
         self.record.checksum_every = max(every, self.record.checksum_every)
         self._cadence_fixed = True
         self.device.set_checksum_every(self.record.checksum_every)
