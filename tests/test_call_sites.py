@@ -3,9 +3,6 @@ or a symbolic run of a subclassed ``call``), the same on TensorFlow, JAX and PyT
 training; the runner's three model styles give one model."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers.logged import artifact_json
+from helpers.processes import run_on_backend
 from helpers.shapes import SHAPES, built
 from layerprint import LayerprintCallback, keys
 from layerprint.inspection.call_sites import count_call_sites
@@ -106,13 +104,7 @@ print(json.dumps(out))
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_shape_counts_the_same_and_trains_unchanged_on_jax_and_pytorch(backend, sqlite_uri):
-    site = Path(sys.prefix) / f"{backend}-site"
-    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _ON_BACKEND, sqlite_uri, str(TESTS)], capture_output=True,
-                          text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend(backend, _ON_BACKEND, sqlite_uri, str(TESTS), timeout=600)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for name, (_, _, shared_layers, shared_variables) in SHAPES.items():
         assert out["sharing"][name] == {"shared_layers": shared_layers, "shared_variables": shared_variables,

@@ -2,13 +2,11 @@
 dtype width (8, 16, 32 and 64 bits), JAX with ``jax_enable_x64`` too."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.processes import run_on_backend
 
 from layerprint.recording.checksum import checksum_numpy, checksums_tensorflow, words_numpy
 
@@ -101,12 +99,6 @@ print(json.dumps(out))
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_jax_and_torch_kernels_equal_the_reference(backend):
-    site = Path(sys.prefix) / f"{backend}-site"
-    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _ON_BACKEND, str(Path(__file__).parent), backend], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend(backend, _ON_BACKEND, str(Path(__file__).parent), backend)
     for dtype, (got, expected) in json.loads(done.stdout.strip().splitlines()[-1]).items():
         assert got == expected, (backend, dtype)

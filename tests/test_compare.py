@@ -5,8 +5,6 @@ import json
 import operator
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -14,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 from helpers.nudge import NUDGE_STEP, deterministic_pair
-from helpers.processes import run_cli
+from helpers.processes import run_cli, run_on_backend
 
 from layerprint import LayerprintCallback, keys
 from layerprint.analysis.compare import compare_records, first_divergence, where_weights_part
@@ -215,13 +213,7 @@ print(json.dumps({"backend": keras.backend.backend(), "weights": pair["first_wei
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_the_nudge_is_located_at_its_step_at_the_defaults_on_jax_and_pytorch(backend, sqlite_uri):
-    site = Path(sys.prefix) / f"{backend}-site"
-    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _NUDGE_ON_BACKEND, sqlite_uri, str(Path(__file__).parent)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend(backend, _NUDGE_ON_BACKEND, sqlite_uri, str(Path(__file__).parent))
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "backend": backend, "weights": {"step": 5, "last_equal_step": 4, "variables": ["head/kernel"]}, "losses": 6}
 

@@ -2,9 +2,6 @@
 around, each row checked against the trained model itself (``helpers.logged.check_run_matches_model``).
 The README's "Works with" table names these tests."""
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from helpers.logged import artifact_json, check_run_matches_model, weight_variables
+from helpers.processes import run_on_backend
 from layerprint import LayerprintCallback, keys, wait_for_runs
 from layerprint.inspection.fingerprint import fingerprint_model
 from layerprint.recording.checksum import checksum_numpy
@@ -361,13 +359,7 @@ print("checked", keras.backend.backend())
 def test_other_keras_backends(backend, sqlite_uri, client):
     # `make test` installs JAX and PyTorch into <venv>/jax-site and <venv>/torch-site, away from
     # TensorFlow, which imports jax whenever it can (see the Makefile).
-    site = Path(sys.prefix) / f"{backend}-site"
-    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _OTHER_BACKEND, sqlite_uri, str(TESTS)], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend(backend, _OTHER_BACKEND, sqlite_uri, str(TESTS))
     assert done.stdout.strip().splitlines()[-1] == f"checked {backend}"
     assert {r.info.status for r in client.search_runs(["0"])} == {"FINISHED"}
 
@@ -386,12 +378,7 @@ print("epochs", model.fit(x, x.sum(1), epochs=2, verbose=0, callbacks=[Layerprin
 
 @pytest.mark.slow
 def test_keras_2_models_get_a_warning_never_a_crash(sqlite_uri, client):
-    site = Path(sys.prefix) / "tfkeras-site"
-    assert site.is_dir(), f"tf_keras is needed: `make test` installs it into {site}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _TF_KERAS, sqlite_uri], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend("tf_keras", _TF_KERAS, sqlite_uri)
     assert done.stdout.strip().splitlines()[-1] == "epochs [0, 1]"
     assert "is not a Keras 3 model (Keras 2 / tf_keras?)" in done.stderr
     assert client.search_runs(["0"]) == []

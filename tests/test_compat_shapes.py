@@ -1,11 +1,7 @@
 """``LayerprintCallback()`` in more of other people's code: a GAN wrapper with optimizers of its own on three
 backends, transformer blocks, and a run read with plain MLflow calls the moment ``fit`` returns."""
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import gan as gan_shapes
 from helpers.logged import artifact_json
+from helpers.processes import run_on_backend
 from layerprint import LayerprintCallback, fingerprint_model, keys
 from layerprint.tracking import spool
 from layerprint.recording.record import read_steps
@@ -130,13 +127,7 @@ print("checked", keras.backend.backend(), type(device).__name__ if device.record
 def test_a_gan_wrapper_on_jax_and_pytorch(backend, sqlite_uri):
     # JAX: a stateless train_step with stateless_call (keras-io's JAX guide); PyTorch: two optimizers and
     # backward() (keras-io's PyTorch guide). Installed by `make test` into <venv>/<backend>-site.
-    site = Path(sys.prefix) / f"{backend}-site"
-    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _GAN_ON_BACKEND, sqlite_uri, str(TESTS)], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_backend(backend, _GAN_ON_BACKEND, sqlite_uri, str(TESTS))
     recorder = {"jax": "JaxDevice", "torch": "reads between steps"}[backend]  # JAX's step records itself
     assert done.stdout.strip().splitlines()[-1] == f"checked {backend} {recorder}"
     assert LATE_CAPTURE not in done.stderr and "symmetry is not broken" not in done.stderr

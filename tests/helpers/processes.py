@@ -76,3 +76,21 @@ class MlflowServer:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, sig or signal.SIGKILL)
             self.process.wait(timeout=30)
+
+
+SITES = {"jax": "jax-site", "torch": "torch-site", "tf_keras": "tfkeras-site"}  # where `make test` installs them
+
+
+def run_on_backend(backend: str, script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``script`` (``python -c``) with the Keras backend ``backend`` (``jax``, ``torch``) or with Keras 2
+    (``tf_keras``), installed by `make test` outside site-packages; assert that it succeeds (showing its
+    stderr when not)."""
+    site = Path(sys.prefix) / SITES[backend]
+    assert site.is_dir(), f"{backend} is needed: `make test` installs it into {site}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    if backend != "tf_keras":
+        env["KERAS_BACKEND"] = backend
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
