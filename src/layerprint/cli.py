@@ -120,21 +120,22 @@ def _ui(args: argparse.Namespace) -> int:
         folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path.cwd()
         log = Path(tempfile.mkdtemp(prefix="layerprint-ui-")) / "server.log"
         process, ui = server.serve(uri, server.free_port(args.port), folder / "artifacts", log)
-        print(f"layerprint ui: serving {strip_credentials(uri)} at {ui} (Ctrl-C stops it)")
-    if sweep is not None:
-        curves, gaps, parent = comparison_addresses(ui, sweep.info.experiment_id, sweep.info.run_id)
-        print(f"The latest sweep, {sweep.info.run_name!r}:\nThe loss curves:  {curves}\n"
-              f"The gap per pair: {gaps}\nIts parent run:   {parent}", flush=True)
-    else:
-        print(f"No sweep in this store yet: {ui}/#/experiments?workflowType=machine_learning", flush=True)
-    if process is None:
-        return 0
-    try:
-        process.wait()
+    try:  # from here on a Ctrl-C at any moment stops the server (it runs in a process group of its own)
+        if process is not None:
+            print(f"layerprint ui: serving {strip_credentials(uri)} at {ui} (Ctrl-C stops it)")
+        if sweep is not None:
+            curves, gaps, parent = comparison_addresses(ui, sweep.info.experiment_id, sweep.info.run_id)
+            print(f"The latest sweep, {sweep.info.run_name!r}:\nThe loss curves:  {curves}\n"
+                  f"The gap per pair: {gaps}\nIts parent run:   {parent}", flush=True)
+        else:
+            print(f"No sweep in this store yet: {ui}/#/experiments?workflowType=machine_learning", flush=True)
+        if process is not None:
+            process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop(process)
+        if process is not None:
+            server.stop(process)
     return 0
 
 
