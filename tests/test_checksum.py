@@ -82,16 +82,21 @@ if backend == "jax":
                                       [checksum_numpy(np.asarray(a)) for a in arrays]]
 else:
     import torch
-    from layerprint.recording.checksum import checksums_torch
-    for dtype in DTYPES:
-        values = _values(dtype)
-        tensor = (torch.from_numpy(values.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16"
-                  else torch.from_numpy(values))
-        out[dtype] = [int(checksums_torch([tensor])[0]), checksum_numpy(values)]
-    tensors = [torch.from_numpy(_values(dtype)) for dtype in DTYPES if dtype != "bfloat16"]
-    tensors.append(torch.zeros((0, 3)))
-    out["every width in one call"] = [[int(c) for c in checksums_torch(tensors)],
-                                      [checksum_numpy(t.numpy()) for t in tensors]]
+    from layerprint.recording.checksum import checksums_torch, checksums_torch_ops
+    # the host kernel (NumPy on the tensors' memory) and the GPU's (PyTorch operations, run here on the CPU)
+    for name, kernel in (("host", checksums_torch), ("ops", checksums_torch_ops)):
+        for dtype in DTYPES:
+            values = _values(dtype)
+            tensor = (torch.from_numpy(values.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16"
+                      else torch.from_numpy(values))
+            out[f"{name} {dtype}"] = [int(kernel([tensor])[0]), checksum_numpy(values)]
+            out[f"{name} {dtype} transposed"] = [int(kernel([tensor.T])[0]),  # not contiguous
+                                                 checksum_numpy(np.ascontiguousarray(values.T))]
+        tensors = [torch.from_numpy(_values(dtype)) for dtype in DTYPES if dtype != "bfloat16"]
+        tensors[1:1] = [torch.zeros((0, 3)), torch.from_numpy(_values("bfloat16").view(np.int16)).view(torch.bfloat16)]
+        out[f"{name} every width in one call"] = [
+            [int(c) for c in kernel(tensors)],
+            [checksum_numpy(t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()) for t in tensors]]
 print(json.dumps(out))
 """
 

@@ -1,11 +1,12 @@
 """What a backend's checksum kernel costs on this machine, measured once per process.
 
 The checksums in a train step cannot be timed apart from the step; their cost is estimated from the
-kernel's measured speed instead: ``words * seconds_per_word + variables * seconds_per_variable``, with both
-speeds from the kernel itself, run on one array of 16 words, on one of 2**20 words and on 32 of 16 words
-(the fastest of seven calls each, warm, the three in turn: noise only adds). The first is what a call of the kernel costs by itself (its dispatch),
-which checksums computed inside the train step do not pay: it is taken off the other two. Measured off the training thread, the first time a fit needs it; kept in
-``CACHE.kernel_speeds``.
+kernel's measured speed instead: ``words * seconds_per_word + variables * seconds_per_variable + calls *
+seconds_per_call``, the three speeds from the kernel itself, run on one array of 16 words, on one of 2**20
+words and on 32 of 16 words (the fastest of seven calls each, warm, the three in turn: noise only adds).
+The first is what a call of the kernel costs by itself (its dispatch), which checksums computed inside the
+train step do not pay (``calls`` is 0 there) and reads between steps do: it is taken off the other two.
+Measured off the training thread, the first time a fit needs it; kept in ``CACHE.kernel_speeds``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ SMALL_ARRAYS = 32
 # below ``policy.ALWAYS_SECONDS`` by this bound need no measurement at all.
 UPPER_SECONDS_PER_WORD = 4e-9
 UPPER_SECONDS_PER_VARIABLE = 3e-5
+UPPER_SECONDS_PER_CALL = 1e-3
 # While measuring, the interpreter hands its lock over within 10 us instead of 5 ms: the training thread runs
 # Python most of the time, and each kernel call, which takes the lock back on return, would otherwise wait
 # up to 5 ms for it (seen: 140 us "a variable" on a 16-word variable).
 MEASURING_SWITCH_INTERVAL = 1e-5
 
 
-def kernel_speed(backend: str) -> tuple[float, float]:
-    """``(seconds a word, seconds a variable)`` of ``backend``'s checksum kernel, measured once per process."""
+def kernel_speed(backend: str) -> tuple[float, float, float]:
+    """``(seconds a word, seconds a variable, seconds a call)`` of ``backend``'s checksum kernel, measured once per process."""
     speed = CACHE.kernel_speeds.get(backend)
     if speed is None:
         prepare = _kernel(backend)
@@ -43,31 +45,31 @@ def kernel_speed(backend: str) -> tuple[float, float]:
         finally:
             sys.setswitchinterval(interval)
         per_variable = max(small - one, 0.0) / (SMALL_ARRAYS - 1)
-        speed = CACHE.kernel_speeds[backend] = (max(big - one, 0.0) / BIG_WORDS, per_variable)
+        speed = CACHE.kernel_speeds[backend] = (max(big - one, 0.0) / BIG_WORDS, per_variable, one)
     return speed
 
 
-def upper_bound(words: int, variables: int) -> float:
+def upper_bound(words: int, variables: int, calls: int) -> float:
     """Seconds one step's checksums cost at most, without a measurement."""
-    return words * UPPER_SECONDS_PER_WORD + variables * UPPER_SECONDS_PER_VARIABLE
+    return words * UPPER_SECONDS_PER_WORD + variables * UPPER_SECONDS_PER_VARIABLE + calls * UPPER_SECONDS_PER_CALL
 
 
-def needs_measuring(backend: str, words: int, variables: int) -> bool:
+def needs_measuring(backend: str, words: int, variables: int, calls: int) -> bool:
     """Whether the cadence of checksums of this size depends on the kernel's measured speed."""
     from layerprint.recording.policy import ALWAYS_SECONDS
 
-    return backend not in CACHE.kernel_speeds and upper_bound(words, variables) > ALWAYS_SECONDS
+    return backend not in CACHE.kernel_speeds and upper_bound(words, variables, calls) > ALWAYS_SECONDS
 
 
-def estimate(backend: str, words: int, variables: int) -> float | None:
-    """Seconds one step's checksums cost, for ``words`` 32-bit words in ``variables`` variables; None until
-    ``kernel_speed`` has measured the backend, when the size needs it (it never measures here: this is
-    called on the training thread)."""
+def estimate(backend: str, words: int, variables: int, calls: int) -> float | None:
+    """Seconds one step's checksums cost, for ``words`` 32-bit words in ``variables`` variables read in
+    ``calls`` calls of their own; None until ``kernel_speed`` has measured the backend, when the size needs
+    it (it never measures here: this is called on the training thread)."""
     speed = CACHE.kernel_speeds.get(backend)
     if speed is None:
-        return None if needs_measuring(backend, words, variables) else upper_bound(words, variables)
-    per_word, per_variable = speed
-    return words * per_word + variables * per_variable
+        return None if needs_measuring(backend, words, variables, calls) else upper_bound(words, variables, calls)
+    per_word, per_variable, per_call = speed
+    return words * per_word + variables * per_variable + calls * per_call
 
 
 def _fastest_seconds(calls: list[Callable[[], Any]], rounds: int = 7) -> list[float]:

@@ -16,7 +16,7 @@ same checksum only when their term changes cancel exactly modulo 2**32: for unre
 multiple of 2**32. It is a change detector, not a cryptographic hash.
 
 ``checksum_numpy`` is the reference; each backend's kernel (``checksums_tensorflow``, ``checksums_jax``,
-``checksums_torch``) computes every variable's checksum in one compiled call and is tested bit for bit
+``checksums_torch``: ``checksums_words`` on the host, ``checksums_torch_ops`` on a GPU) computes every variable's checksum in one compiled call and is tested bit for bit
 against the reference for every dtype width, on every backend (``tests/test_checksum.py``).
 """
 
@@ -129,22 +129,61 @@ def _jax_words(array: Any) -> Any:
     return jax.lax.bitcast_convert_type(flat, jnp.uint8).astype(jnp.uint32)
 
 
-def checksums_torch(arrays: list[Any]) -> Any:
-    """Every array's checksum as one ``int64`` vector, in a number of PyTorch operations that does not grow with
-    the number of arrays.
+def checksums_words(bits: list[np.ndarray]) -> np.ndarray:
+    """Every array's checksum as one ``uint32`` vector, from the flat views of its words' bits (``uint32``,
+    ``uint16`` or ``uint8``: ``_host_bits``), in a number of NumPy operations that does
+    not grow with the number of arrays.
 
-    The arrays whose words have one width are concatenated (as views of their bits) and their words numbered
-    from the start of the concatenation, ``g = offset + i``; two running sums, of ``w_g`` and of
-    ``w_g * (2g + 1)``, give each array's ``sum_i w_i * (2i + 1) = S1 - 2 * offset * S0`` from their values at
-    its ends. PyTorch has no unsigned 32-bit arithmetic: the products and sums are ``int64`` and wrap modulo
-    2**64, whose low 32 bits are the ones modulo 2**32."""
+    The arrays whose words have one width are concatenated and their words numbered from the start of the
+    concatenation, ``g = offset + i``; the segmented sums of ``w_g`` and of ``w_g * (2g + 1)`` give each
+    array's ``sum_i w_i * (2i + 1) = S1 - 2 * offset * S0``, in ``uint32`` arithmetic, which wraps modulo
+    2**32."""
+    out = np.zeros((len(bits),), np.uint32)
+    groups: dict[Any, list[int]] = {}
+    for index, flat in enumerate(bits):
+        if flat.size:  # an empty array's checksum is 0
+            groups.setdefault(flat.dtype, []).append(index)
+    for members in groups.values():
+        words = np.concatenate([bits[i] for i in members]).astype(np.uint32)  # a copy: multiplied in place below
+        sizes = np.asarray([bits[i].size for i in members], np.int64)
+        starts = np.cumsum(sizes) - sizes
+        plain = np.add.reduceat(words, starts, dtype=np.uint32)
+        odd = np.arange(words.size, dtype=np.uint32)
+        odd *= np.uint32(2)
+        odd += np.uint32(1)
+        np.multiply(words, odd, out=words)
+        weighted = np.add.reduceat(words, starts, dtype=np.uint32)
+        out[members] = weighted - np.uint32(2) * starts.astype(np.uint32) * plain
+    return out
+
+
+def checksums_torch(arrays: list[Any]) -> Any:
+    """Every array's checksum as one ``int64`` vector, in a number of operations that does not grow with the
+    number of arrays.
+
+    On the host, NumPy reads the tensors' memory in place (``checksums_words``); on a GPU, PyTorch operations
+    queued on the device (``checksums_torch_ops``)."""
+    import torch
+
+    if arrays and arrays[0].device.type == "cpu":
+        return torch.from_numpy(checksums_words([_host_bits(torch, array) for array in arrays]).astype(np.int64))
+    return checksums_torch_ops(arrays)
+
+
+def checksums_torch_ops(arrays: list[Any]) -> Any:
+    """Every array's checksum as one ``int64`` vector, as PyTorch operations on the arrays' device.
+
+    The arrays whose words have one width are concatenated (as views of their bits), and two running sums,
+    of ``w_g`` and of ``w_g * (2g + 1)``, give each array's sums from their values at its ends
+    (``checksums_words``). PyTorch has no unsigned 32-bit arithmetic: the products and sums are ``int64`` and
+    wrap modulo 2**64, whose low 32 bits are the ones modulo 2**32."""
     import torch
 
     if not arrays:
         return torch.zeros((0,), dtype=torch.int64)
     device = arrays[0].device
-    groups: dict[Any, list[int]] = {}
     views = [_torch_bits(torch, array) for array in arrays]
+    groups: dict[Any, list[int]] = {}
     for index, view in enumerate(views):
         groups.setdefault(view.dtype, []).append(index)
     out = torch.zeros((len(arrays),), dtype=torch.int64, device=device)
@@ -160,6 +199,21 @@ def checksums_torch(arrays: list[Any]) -> Any:
         sums = (weighted[ends] - weighted[starts]) - 2 * starts * (plain[ends] - plain[starts])
         out[torch.tensor(members, dtype=torch.int64, device=device)] = sums & ((1 << WORD_BITS) - 1)
     return out
+
+
+_HOST_BITS = {8: np.uint32, 4: np.uint32, 2: np.uint16, 1: np.uint8}
+
+
+def _host_bits(torch: Any, array: Any) -> np.ndarray:
+    """A host tensor's bits as a flat NumPy view of its words before widening (``_torch_bits``'s, read in
+    place: NumPy's operations cost a fraction of PyTorch's dispatch on small arrays)."""
+    tensor = array.detach()
+    try:
+        host = tensor.numpy()
+    except TypeError:  # a dtype NumPy lacks (bfloat16, float8): its bits as an integer of its width
+        host = tensor.view({2: torch.int16, 1: torch.uint8}[tensor.element_size()]).numpy()
+    flat = np.ascontiguousarray(host).reshape(-1)
+    return flat.view(_HOST_BITS[flat.dtype.itemsize])
 
 
 def _torch_bits(torch: Any, array: Any) -> Any:

@@ -88,11 +88,14 @@ class Device:
         steps instead."""
         return None
 
-    def checksum_size(self) -> tuple[int, int]:
-        """``(words, variables)`` that what a step's checksums cost grows with (``calibration.estimate``):
-        inside the train step, the words only (the checksums make no call of their own there, and take the
-        variables of one shape in one operation); between steps, the variables too."""
-        return self.words, 0 if self.records_in_step else len(self.variables)
+    def checksum_size(self) -> tuple[int, int, int]:
+        """``(words, variables, calls)`` that what a step's checksums cost grows with
+        (``calibration.estimate``): inside the train step, the words only (the checksums make no call of their
+        own there, and take the variables of one shape in one operation); between steps, the variables and
+        the read's own call too."""
+        if self.records_in_step:
+            return self.words, 0, 0
+        return self.words, len(self.variables), 1
 
     def start(self, first_step: int, checksum_every: int) -> None:
         """Begin a fit whose first step is global step ``first_step``."""
