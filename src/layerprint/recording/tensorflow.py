@@ -200,12 +200,15 @@ class TensorFlowDevice(Device):
         checksums = np.where(sums[:, -1:] > 0, sums[:, :-1], MISSING_CHECKSUM).astype(np.int64)
         return Rows(self.first_step + indexes, batchnorm, checksums)
 
-    def snapshot(self) -> list[Any]:
+    def snapshot(self, final: bool = False) -> list[Any]:
         """Every variable's value, read eagerly (a read is never changed in place by a later assignment):
         about 0.1 ms a variable, and no traced function to pay for."""
         import tensorflow as tf
 
         return [tf.convert_to_tensor(v.value) for v in self.variables]
 
-    def host(self, snapshot: list[Any]) -> list[np.ndarray]:
-        return [np.array(value) for value in snapshot]
+    def host(self, snapshot: list[Any], final: bool = False) -> list[np.ndarray]:
+        """Copies of the values; ``final``, the tensors' own memory (no copy: 0.5 ms instead of 25-250 ms for
+        ResNet50). TensorFlow copies a variable before it assigns to it while a read of it is alive, so a
+        view is exact either way; ``final`` keeps that copy off a training step that follows."""
+        return [np.asarray(value) if final else np.array(value) for value in snapshot]

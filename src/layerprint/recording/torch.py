@@ -65,14 +65,15 @@ class TorchDevice(Device):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def snapshot(self) -> list[Any]:
-        """Every variable's value, copied on its device (queued, not waited for)."""
+    def snapshot(self, final: bool = False) -> list[Any]:
+        """Every variable's value, copied on its device (queued, not waited for), ``final`` too: a fit that
+        returns before its run's end (``finish_in_background``) may train the tensors again at once."""
         import torch
 
         with torch.no_grad():
             return [v.value.detach().clone() for v in self.variables]
 
-    def host(self, snapshot: list[Any]) -> list[np.ndarray]:
+    def host(self, snapshot: list[Any], final: bool = False) -> list[np.ndarray]:
         import keras
 
         return [np.asarray(keras.ops.convert_to_numpy(t)) for t in snapshot]  # as ``Variable.numpy()`` gives them
