@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers.processes import run_on_backend
 
-from layerprint.recording.checksum import checksum_numpy, checksums_tensorflow, words_numpy
+from layerprint.recording.checksum import HOST_CHUNK, checksum_numpy, checksums_host, checksums_tensorflow, words_numpy
 
 DTYPES = ["bool", "int8", "uint8", "int16", "float16", "bfloat16", "int32", "float32", "int64", "float64"]
 
@@ -107,3 +107,17 @@ def test_jax_and_torch_kernels_equal_the_reference(backend):
     done = run_on_backend(backend, _ON_BACKEND, str(Path(__file__).parent), backend)
     for dtype, (got, expected) in json.loads(done.stdout.strip().splitlines()[-1]).items():
         assert got == expected, (backend, dtype)
+
+
+def test_the_host_kernel_equals_the_reference_for_small_large_and_empty_arrays_of_every_width():
+    import ml_dtypes
+
+    rng = np.random.default_rng(1)
+    arrays = [_values(dtype, seed) for seed, dtype in enumerate(DTYPES)]
+    for dtype, count in (("float32", 3 * HOST_CHUNK + 5), ("float64", HOST_CHUNK), ("int8", 2 * HOST_CHUNK + 1),
+                         ("float16", HOST_CHUNK + 7)):
+        arrays.append(rng.integers(0, 1 << 62, size=count, dtype=np.int64).view(np.uint8)[: count * np.dtype(dtype).itemsize]
+                      .view(dtype))
+    arrays += [np.zeros((0, 4), np.float32), np.asarray(rng.normal(size=(300, 301)), np.float32).T,  # not contiguous
+               np.ones(HOST_CHUNK - 1, ml_dtypes.bfloat16)]
+    assert [int(c) for c in checksums_host(arrays)] == [checksum_numpy(a) for a in arrays]

@@ -198,6 +198,22 @@ def test_the_sink_sends_everything_in_batches_within_mlflows_limits(sqlite_uri, 
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 1501))
 
 
+def test_a_hurried_sink_sends_at_once_what_is_queued_after_it(sqlite_uri, client):
+    run_id = client.create_run(client.create_experiment("hurry")).info.run_id
+    sink = RunSink(sqlite_uri, run_id, flush_interval=30.0)
+    sink.log_metrics({"train/loss": 1.0}, 1)
+    time.sleep(1.0)
+    assert client.get_metric_history(run_id, "train/loss") == []  # every 30 s: nothing yet
+    sink.hurry()
+    sink.log_metrics({"train/loss": 2.0}, 2)
+    deadline = time.monotonic() + 10
+    while len(client.get_metric_history(run_id, "train/loss")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert time.monotonic() < deadline
+    sink.close(5)
+
+
 def test_a_server_that_dies_gets_nothing_lost_the_spool_replays_it_once(tmp_path, mlflow_server):
     client = MlflowClient(mlflow_server.uri)
     run_id = client.create_run(client.create_experiment("dies")).info.run_id

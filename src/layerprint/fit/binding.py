@@ -147,6 +147,12 @@ class RunBinding:
         if self.sink is not None and points:
             self.parts.guard(part.SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
+    def hurry(self) -> None:
+        """What is logged from now on is sent at once (``RunSink.hurry``): the fit's end waits for it. A sink
+        the caller gave is left to its own pace (it outlives the fit)."""
+        if self.sink is not None and self.sink is not self.options.sink:
+            self.parts.guard(part.SINK, self.sink.hurry)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.sink is not None:
             self.parts.guard(part.TAGS, self.sink.set_tags, tags)

@@ -136,6 +136,9 @@ class FitSession:
 
     def epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         state, progress = self.state, self.progress
+        last = epoch + 1 == self.planned_epochs
+        if last:
+            self.binding.hurry()  # the fit's end comes next and waits for what is sent from here
         logged_epoch = state.logged_epoch(epoch)
         state.epoch_start_step = state.global_step
         if state.pending_capture:
@@ -149,7 +152,7 @@ class FitSession:
         if self.options.probe_batch is not None:
             points.update(self.parts.guard(part.PROBE, self.probe, logged_epoch) or {})
         self.binding.log_metrics(numbers(points), logged_epoch)
-        values = self.parts.guard(part.VALUES, self.read_values, None, epoch + 1 == self.planned_epochs)
+        values = self.parts.guard(part.VALUES, self.read_values, None, last)
         if self.recorder is not None:  # the state the epoch's last step left, then the record so far
             self._background(part.RECORDER, self._file_state, state.global_step, values)
             self._background(part.ARTIFACTS, self._write_steps)
@@ -163,6 +166,7 @@ class FitSession:
     def end(self) -> None:
         """``on_train_end``: the fit finished (or stopped early)."""
         state = self.state
+        self.binding.hurry()
         if state.pending_capture:
             self.capture(init_step=state.global_step)
         self._file_logs()

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from layerprint import keys
-from layerprint.recording.checksum import checksums_numpy, word_count
+from layerprint.recording.checksum import checksums_host, word_count
 
 MISSING_CHECKSUM = -1
 
@@ -142,12 +142,12 @@ class Device:
     # Rows on the host.
     def host_row(self, values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The row of a snapshot (``values`` in ``variables`` order): flat BatchNorm values and the checksums,
-        computed on the host with the NumPy reference."""
+        computed on the host (``checksums_host``, equal to the NumPy reference)."""
         by_id = dict(zip(self.variable_ids, values))
         bn = [np.asarray(by_id[id(v)], np.float32).ravel() if id(v) in by_id else np.asarray(v.numpy(), np.float32).ravel()
               for v in self.bn_variables]
         flat = np.concatenate(bn) if bn else np.zeros(0, np.float32)
-        return flat, checksums_numpy(values).astype(np.int64)
+        return flat, checksums_host(values).astype(np.int64)
 
     def summarize(self, values: np.ndarray) -> np.ndarray:
         """``mean, std, min, max`` of every BatchNorm variable, in ``bn_columns`` order, for each row of flat

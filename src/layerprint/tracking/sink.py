@@ -98,6 +98,7 @@ class RunSink:
         self._artifacts: list[tuple[Path, str | None]] = []  # files to upload, oldest first
         self._artifact_inflight: tuple[Path, str | None] | None = None
         self._wake = threading.Event()
+        self._hurry = False  # ``hurry``: what is queued goes at once
         self._closing = False
         self._stalled = False
         self._warned = False
@@ -113,6 +114,14 @@ class RunSink:
         timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         with self._lock:
             self._metrics.extend((key, float(value), timestamp, step) for key, value in metrics.items())
+        if self._hurry:
+            self._wake.set()
+
+    def hurry(self) -> None:
+        """From now on, send what is queued at once instead of every ``flush_interval`` (the fit is ending and
+        waits for it: sending overlaps with the rest of the end's work)."""
+        self._hurry = True
+        self._wake.set()
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Queue params (values cut to MLflow's 6,000 characters)."""
@@ -123,6 +132,8 @@ class RunSink:
         """Queue tags (values cut to MLflow's 8,000 characters)."""
         with self._lock:
             self._tags.update({k: _truncate(v, MAX_TAG_VALUE) for k, v in tags.items()})
+        if self._hurry:
+            self._wake.set()
 
     def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Queue a file for upload by the background thread (spooled if the upload fails). The file
