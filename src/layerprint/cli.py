@@ -100,6 +100,7 @@ def _existing_store(tracking_uri: str | None) -> str:
 
 def _ui(args: argparse.Namespace) -> int:
     import tempfile
+    import time
     from pathlib import Path
 
     from layerprint.analysis.addresses import comparison_addresses
@@ -129,8 +130,10 @@ def _ui(args: argparse.Namespace) -> int:
                   f"The gap per pair: {gaps}\nIts parent run:   {parent}", flush=True)
         else:
             print(f"No sweep in this store yet: {ui}/#/experiments?workflowType=machine_learning", flush=True)
-        if process is not None:
-            process.wait()
+        while process is not None and process.poll() is None:
+            # Not a blocking wait: a Ctrl-C that one of the process's other threads receives would not
+            # interrupt it, and the main thread sees the signal only between two of its own steps.
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
