@@ -51,10 +51,11 @@ def test_layerprint_ui_serves_a_store_prints_its_latest_sweep_and_stops_on_ctrl_
 
 
 def ctrl_c_to_another_thread(pid):
-    """SIGINT to one of the process's threads other than its main one (a terminal's Ctrl-C reaches whichever
-    thread the kernel picks, and a main thread blocked in a system call then never sees it); whether it had
-    one (else the process is sent it)."""
-    others = [int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid]
+    """SIGINT to one of the process's threads other than its main one that does not block it (a terminal's
+    Ctrl-C reaches whichever such thread the kernel picks, and a main thread blocked in a system call then
+    never sees it); whether it had one (else the process is sent it)."""
+    others = [int(task) for task in os.listdir(f"/proc/{pid}/task")
+              if int(task) != pid and not _blocks_sigint(pid, int(task))]
     if not others:
         os.kill(pid, signal.SIGINT)
         return False
@@ -78,3 +79,11 @@ def test_layerprint_ui_on_a_tracking_server_only_prints_its_addresses(tmp_path, 
     done = run_cli(["layerprint", "ui", "--tracking-uri", mlflow_server.uri], tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"No sweep in this store yet: {mlflow_server.uri}/#/experiments?workflowType=machine_learning"
+
+
+def _blocks_sigint(pid, task):
+    """Whether thread ``task`` of ``pid`` blocks SIGINT (jemalloc's background thread blocks every signal:
+    one sent to it alone stays pending)."""
+    status = open(f"/proc/{pid}/task/{task}/status").read()
+    blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+    return bool(blocked & (1 << (signal.SIGINT - 1)))
