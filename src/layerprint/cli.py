@@ -99,6 +99,7 @@ def _existing_store(tracking_uri: str | None) -> str:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import signal
     import tempfile
     import time
     from pathlib import Path
@@ -115,6 +116,8 @@ def _ui(args: argparse.Namespace) -> int:
     uri = _existing_store(args.tracking_uri)
     sweep = latest_sweep(open_store(uri))
     process = None
+    # Ctrl-C stops it even where SIGINT came ignored (a job started with ``&`` by a script inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if uri.startswith(("http://", "https://")):
         ui = strip_credentials(uri).rstrip("/")
     else:
