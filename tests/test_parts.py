@@ -63,9 +63,14 @@ def test_checksums_rise_only_where_the_rise_pays_for_itself_before_the_fit_ends(
 
 
 def test_publishing_rises_when_the_sink_costs_more_than_the_budget_left():
-    assert policy.publish_every(60e-6, 10, 100, 10.0, 0.0, 0.02) == 1
-    assert policy.publish_every(60e-6, 200, 1000, 10.0, 0.0, 0.02) == 64  # 1.2x the fit at every step
-    assert policy.publish_every(60e-6, 10, 100, 1.0, 0.05, 0.02) == policy.MAX_PUBLISH_EVERY  # budget spent
+    # The small CNN on two CPU cores: 7.3 ms a step, 2 logged points and 24 BatchNorm summaries a step, the
+    # SQL store's 0.15 ms of CPU a point: the loss every 8 steps, the summaries every 128.
+    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 0.005, 0.02) == (8, 128)
+    assert policy.publish_cadences(150e-6, 2, 0, 0.5, 0.0, 0.02) == (1, 1)  # a slow step: every step
+    assert policy.publish_cadences(150e-6, 2, 0, 7.3e-3, 0.005, 0.02) == (4, 4)  # no BatchNorm: all for the logs
+    # the summaries' cadence is never finer than the logs'
+    assert policy.publish_cadences(150e-6, 200, 1, 7.3e-3, 0.0, 0.02) == (512, 512)
+    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 0.03, 0.02) == (policy.MAX_PUBLISH_EVERY,) * 2  # spent
 
 
 # The recorder, over a device of NumPy arrays.

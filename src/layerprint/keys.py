@@ -39,6 +39,7 @@ TAG_LAST_EPOCH = "layerprint.last_epoch"
 TAG_FITS = "layerprint.fits"
 TAG_CHECKSUM_EVERY = "layerprint.checksum_every"
 TAG_PUBLISH_EVERY = "layerprint.publish_every"
+TAG_PUBLISH_BN_EVERY = "layerprint.publish_bn_every"
 TAG_VERSION_PREFIX = "layerprint.version."
 
 ARTIFACT_DIR = "layerprint"

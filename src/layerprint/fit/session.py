@@ -174,7 +174,8 @@ class FitSession:
         if recorder is not None:
             self._recorder_call(recorder.epoch_done, state.global_step)  # stopped inside an epoch: its rows
             self.binding.set_tags({keys.TAG_CHECKSUM_EVERY: str(self.progress.record.checksum_every),
-                                   keys.TAG_PUBLISH_EVERY: str(recorder.publish_every)})
+                                   keys.TAG_PUBLISH_EVERY: str(recorder.publish_every),
+                                   keys.TAG_PUBLISH_BN_EVERY: str(recorder.publish_bn_every)})
             if recorder.checksum_seconds is not None:
                 CACHE.checksum_seconds[self.model] = recorder.checksum_seconds
         self.progress.last_step = state.global_step

@@ -9,8 +9,9 @@ Pure arithmetic on measured costs, so that it is tested without a model (``tests
   in the train step, tracing or compiling the train function without them: 18 s for a fresh MobileNetV2
   on two CPU cores). Chosen once per fit, after a few steps, and said on the run
   (``layerprint.checksum_every``).
-- **Publishing** MLflow metrics: every step, unless what the sink costs per point, times the points per
-  step, does not fit in what is left of the budget; then the smallest power of two that fits.
+- **Publishing** MLflow metrics: every step, unless what the sink costs per point (its CPU, taken from the
+  cores training uses), times the points per step, does not fit in what is left of the budget; then the
+  smallest power of two that fits, the logs and the BatchNorm summaries each in half of it.
 """
 
 from __future__ import annotations
@@ -47,26 +48,39 @@ def checksum_every(cost_seconds: float, step_seconds: float, budget: float, step
     return every
 
 
-def publish_every(seconds_per_point: float, points_per_step: int, steps: int, elapsed: float, spent: float,
-                  budget: float) -> int:
-    """The publishing cadence of step metrics.
+def publish_cadences(seconds_per_point: float, log_points: int, bn_points: int, step_seconds: float,
+                     spent_share: float, budget: float) -> tuple[int, int]:
+    """The publishing cadences of step metrics: the logs' (``train/``) and the BatchNorm summaries' (``bn/``).
+
+    What is left of the budget after the callback's own time is shared: half for the logs, half for the
+    summaries (all of it for the logs of a model without BatchNorm), so that the loss curve in the UI stays
+    dense while a model with many BatchNorm layers (ResNet50: 424 summaries a step) publishes its summaries
+    rarely.
 
     Args:
-        seconds_per_point: what the sink spends per metric point sent.
-        points_per_step: the points one published step carries.
-        steps: the steps of the fit so far.
-        elapsed: seconds of the fit so far.
-        spent: seconds the callback spent so far (recording, filing, publishing).
+        seconds_per_point: what the sink spends (CPU) per metric point sent.
+        log_points: the ``train/`` points of one step.
+        bn_points: the ``bn/`` points of one step.
+        step_seconds: what a step of the fit takes on average (its first step's trace shared by all).
+        spent_share: the share of the fit's time the callback spent so far (recording, filing, publishing).
         budget: the share of the fit's time the callback may add.
 
     Returns:
-        A power of two (``MAX_PUBLISH_EVERY`` when the budget is spent already).
+        ``(logs, summaries)``, powers of two, the second a multiple of the first (``MAX_PUBLISH_EVERY`` when
+        the budget is spent already).
     """
-    available = budget - spent / elapsed
-    if available <= 0:
-        return MAX_PUBLISH_EVERY
-    publishing = points_per_step * seconds_per_point * steps / elapsed  # the share at cadence 1
+    available = budget - spent_share
+    if available <= 0 or step_seconds <= 0:
+        return MAX_PUBLISH_EVERY, MAX_PUBLISH_EVERY
+    logs_share = available / 2 if bn_points else available
+    logs = _cadence(log_points * seconds_per_point / step_seconds, logs_share)
+    summaries = _cadence(bn_points * seconds_per_point / step_seconds, available - logs_share)
+    return logs, max(logs, summaries)
+
+
+def _cadence(share_every_step: float, allowed: float) -> int:
+    """The smallest power of two that brings a share of ``share_every_step`` at cadence 1 under ``allowed``."""
     every = 1
-    while publishing / every > available and every < MAX_PUBLISH_EVERY:
+    while share_every_step / every > allowed and every < MAX_PUBLISH_EVERY:
         every *= 2
     return every

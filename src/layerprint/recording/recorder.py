@@ -31,7 +31,7 @@ from layerprint.recording.device import Device, Rows
 from layerprint.recording.record import StepRecord
 
 DRAIN_EVERY = 32  # calls of the train function whose state is brought to the host together
-PRIOR_SECONDS_PER_POINT = 60e-6  # MLflow's SQL store, measured; replaced by the sink's own measurement
+PRIOR_SECONDS_PER_POINT = 150e-6  # CPU of MLflow's SQL store (0.12-0.2 ms); replaced by the sink's measurement
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,9 @@ class FlightRecorder:
                  planned_steps: int | None = None) -> None:
         self.device, self.record, self.sink, self.budget = device, record, sink, budget
         self.first_step, self.checksum_columns, self.planned_steps = first_step, checksum_columns, planned_steps
-        self.publish_every = budget.publish_every or 1
+        self.publish_every = budget.publish_every or 1  # the logs' (``train/``) cadence
+        self.publish_bn_every = budget.publish_every or 1  # the BatchNorm summaries' (``bn/``), a multiple
+        self._log_points = 2  # ``train/`` points a step: the loss and a metric until a step says
         self.last_step = first_step - 1  # the last step ``step_done`` was given (read between steps, if so)
         self._reached = first_step - 1  # the last step known done (also from an epoch's or the fit's end)
         self.checksum_seconds = prior_checksum_seconds
@@ -81,7 +83,9 @@ class FlightRecorder:
         self._calls_since_drain = 0
         self._started = time.perf_counter()
         self._seconds = 0.0
-        self._step_times: list[float] = []
+        self._step_times: list[float] = []  # until the checksum cadence is chosen
+        self._steady: tuple[float, int] | None = None  # (time, step) of the first step's end: the trace behind
+        self._latest: tuple[float, int] | None = None  # (time, step) of the latest step's end
         self._steps_to_choose = 2 if prior_checksum_seconds is not None else 4
         if budget.checksum_every is not None:
             record.checksum_every = budget.checksum_every
@@ -103,7 +107,11 @@ class FlightRecorder:
         if step <= self.last_step:
             return
         started = time.perf_counter()
-        self._step_times.append(started)
+        if not self._cadence_fixed:
+            self._step_times.append(started)
+        if self._steady is None:
+            self._steady = (started, step)
+        self._latest = (started, step)
         self.last_step = step
         self._reached = max(self._reached, step)
         self._calls_since_drain += 1
@@ -190,7 +198,11 @@ class FlightRecorder:
                 if not final:
                     break  # its batch-end hook may still be running
             elif step in self._final or step % self.publish_every == 0:
-                self.sink.log_metrics(self.record.row(step), step, self.record.time_ms(step))
+                row = self.record.row(step)
+                self._log_points = sum(1 for key in row if key.startswith(keys.STEP_PREFIX))
+                if step not in self._final and step % self.publish_bn_every:
+                    row = {key: value for key, value in row.items() if not key.startswith(keys.BN_PREFIX)}
+                self.sink.log_metrics(row, step, self.record.time_ms(step))
             step += 1
         self._published = step - 1
 
@@ -216,17 +228,28 @@ class FlightRecorder:
         self.device.set_checksum_every(self.record.checksum_every)
 
     def _choose_publish_cadence(self) -> None:
-        if self.budget.publish_every is not None:
+        """The publishing cadences (``policy.publish_cadences``) from what the sink spends per point and what a
+        step of the fit takes on average: the fit's time so far and its remaining steps at the pace of the
+        steps since the first one's end (the trace behind), over its planned steps (a short fit, most of it
+        the trace, publishes every step; a long one at the pace of its steps); at that pace alone when the
+        fit's length is unknown."""
+        if self.budget.publish_every is not None or self._steady is None or self._latest is None:
             return
+        (first_time, first_step), (last_time, last_step) = self._steady, self._latest
+        if last_step <= first_step:
+            return
+        pace = (last_time - first_time) / (last_step - first_step)
         elapsed = time.perf_counter() - self._started
-        steps = self._reached - self.first_step + 1
-        if steps < 2 or elapsed <= 0:
-            return
+        done = self._reached - self.first_step + 1
+        step_seconds = pace
+        if self.planned_steps is not None:
+            step_seconds = (elapsed + max(self.planned_steps - done, 0) * pace) / max(self.planned_steps, done)
         stats = getattr(self.sink, "stats", None)
         sent = stats.metrics_sent if stats is not None else 0
         per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
-        points = (len(self.device.bn_columns) if self.device is not None else 0) + 2
-        self.publish_every = policy.publish_every(per_point, points, steps, elapsed, self._seconds, self.budget.share)
+        bn_points = len(self.device.bn_columns) if self.device is not None else 0
+        self.publish_every, self.publish_bn_every = policy.publish_cadences(
+            per_point, self._log_points, bn_points, step_seconds, self._seconds / max(elapsed, 1e-9), self.budget.share)
 
 
 def checksum_columns(paths: list[str]) -> list[str]:
