@@ -72,7 +72,7 @@ def test_batchnorm_metrics_and_npz_match_the_layer_variables(sqlite_uri, client)
         assert metrics[f"bn/{path}/moving_mean/max"] == pytest.approx(float(mean.max()), rel=1e-6)
         assert metrics[f"bn/{path}/moving_variance/std"] == pytest.approx(float(layer.moving_variance.numpy().std()), rel=1e-5)
         published = {m.step for m in client.get_metric_history(run_id, f"bn/{path}/moving_mean/min")}
-        assert {1, 4, 8} <= published <= set(range(1, 9))  # first, epoch ends, and what the budget allows
+        assert 8 in published and published <= set(range(1, 9))  # the fit's last step, and what the budget allows
         record = read_steps(client.download_artifacts(run_id, "layerprint/steps.parquet"))
         assert list(record.columns["step"]) == list(range(1, 9))  # every step in the record
         assert record.columns[f"bn/{path}/moving_mean/max"][-1] == pytest.approx(float(mean.max()), rel=1e-6)

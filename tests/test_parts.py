@@ -65,12 +65,16 @@ def test_checksums_rise_only_where_the_rise_pays_for_itself_before_the_fit_ends(
 def test_publishing_rises_when_the_sink_costs_more_than_the_budget_left():
     # The small CNN on two CPU cores: 7.3 ms a step, 2 logged points and 24 BatchNorm summaries a step, the
     # SQL store's 0.15 ms of CPU a point: the loss every 8 steps, the summaries every 128.
-    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 0.005, 0.02) == (8, 128)
-    assert policy.publish_cadences(150e-6, 2, 0, 0.5, 0.0, 0.02) == (1, 1)  # a slow step: every step
-    assert policy.publish_cadences(150e-6, 2, 0, 7.3e-3, 0.005, 0.02) == (4, 4)  # no BatchNorm: all for the logs
+    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 7.3e-3, 0.005, 0.02) == (8, 128)
+    assert policy.publish_cadences(150e-6, 2, 0, 0.5, 0.5, 0.0, 0.02) == (1, 1)  # a slow step: every step
+    assert policy.publish_cadences(150e-6, 2, 0, 7.3e-3, 7.3e-3, 0.005, 0.02) == (4, 4)  # no BatchNorm: all for the logs
     # the summaries' cadence is never finer than the logs'
-    assert policy.publish_cadences(150e-6, 200, 1, 7.3e-3, 0.0, 0.02) == (512, 512)
-    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 0.03, 0.02) == (policy.MAX_PUBLISH_EVERY,) * 2  # spent
+    assert policy.publish_cadences(150e-6, 200, 1, 7.3e-3, 7.3e-3, 0.0, 0.02) == (512, 512)
+    assert policy.publish_cadences(150e-6, 2, 24, 7.3e-3, 7.3e-3, 0.03, 0.02) == (policy.MAX_PUBLISH_EVERY,) * 2  # spent
+    # A 30-step ResNet50 fit (0.65 s a step after a 20 s trace: 1.3 s a step of the fit): the loss every
+    # step, the 424 summaries every 16 steps, as in a fit of any length
+    assert policy.publish_cadences(150e-6, 2, 424, 1.3, 0.65, 0.005, 0.02) == (1, 16)
+    assert policy.publish_cadences(150e-6, 2, 424, 0.65, 0.65, 0.005, 0.02) == (1, 16)
 
 
 # The recorder, over a device of NumPy arrays.

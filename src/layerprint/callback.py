@@ -50,8 +50,8 @@ class LayerprintCallback(keras.callbacks.Callback):
     (``nested=True``: a child of the active run).
 
     Args:
-        log_every_n_steps: publish step metrics every N optimizer steps (and the first, last and epoch-end
-            steps); None chooses N under the budget.
+        log_every_n_steps: publish step metrics every N optimizer steps (and the logs of the first, last and
+            epoch-end steps); None chooses N under the budget.
         overhead_budget: the share of the fit's time the callback may add (default 2 %).
         checksum_every: take the variables' checksums every N steps; None: every step, unless their
             measured cost says otherwise (then a power of two; the run's ``layerprint.checksum_every`` says).

@@ -172,7 +172,7 @@ class FitSession:
         self._file_logs()
         recorder = self.recorder
         if recorder is not None:
-            self._recorder_call(recorder.epoch_done, state.global_step)  # stopped inside an epoch: its rows
+            self._recorder_call(recorder.epoch_done, state.global_step, True)  # stopped inside an epoch: its rows
             self.binding.set_tags({keys.TAG_CHECKSUM_EVERY: str(self.progress.record.checksum_every),
                                    keys.TAG_PUBLISH_EVERY: str(recorder.publish_every),
                                    keys.TAG_PUBLISH_BN_EVERY: str(recorder.publish_bn_every)})

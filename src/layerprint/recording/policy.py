@@ -48,20 +48,22 @@ def checksum_every(cost_seconds: float, step_seconds: float, budget: float, step
     return every
 
 
-def publish_cadences(seconds_per_point: float, log_points: int, bn_points: int, step_seconds: float,
-                     spent_share: float, budget: float) -> tuple[int, int]:
+def publish_cadences(seconds_per_point: float, log_points: int, bn_points: int, fit_step_seconds: float,
+                     pace_seconds: float, spent_share: float, budget: float) -> tuple[int, int]:
     """The publishing cadences of step metrics: the logs' (``train/``) and the BatchNorm summaries' (``bn/``).
 
     What is left of the budget after the callback's own time is shared: half for the logs, half for the
-    summaries (all of it for the logs of a model without BatchNorm), so that the loss curve in the UI stays
-    dense while a model with many BatchNorm layers (ResNet50: 424 summaries a step) publishes its summaries
-    rarely.
+    summaries (all of it for the logs of a model without BatchNorm). The logs, a few points a step, are
+    weighed against a step of the fit on average, its first step's trace shared by all, so that a short
+    fit's loss curve has every step; the summaries (ResNet50: 424 a step) against the pace of the steps
+    alone, so that what they cost never grows with a long trace.
 
     Args:
         seconds_per_point: what the sink spends (CPU) per metric point sent.
         log_points: the ``train/`` points of one step.
         bn_points: the ``bn/`` points of one step.
-        step_seconds: what a step of the fit takes on average (its first step's trace shared by all).
+        fit_step_seconds: what a step of the fit takes on average, its trace included.
+        pace_seconds: what a step takes once traced.
         spent_share: the share of the fit's time the callback spent so far (recording, filing, publishing).
         budget: the share of the fit's time the callback may add.
 
@@ -70,11 +72,11 @@ def publish_cadences(seconds_per_point: float, log_points: int, bn_points: int, 
         the budget is spent already).
     """
     available = budget - spent_share
-    if available <= 0 or step_seconds <= 0:
+    if available <= 0 or fit_step_seconds <= 0 or pace_seconds <= 0:
         return MAX_PUBLISH_EVERY, MAX_PUBLISH_EVERY
     logs_share = available / 2 if bn_points else available
-    logs = _cadence(log_points * seconds_per_point / step_seconds, logs_share)
-    summaries = _cadence(bn_points * seconds_per_point / step_seconds, available - logs_share)
+    logs = _cadence(log_points * seconds_per_point / fit_step_seconds, logs_share)
+    summaries = _cadence(bn_points * seconds_per_point / pace_seconds, available - logs_share)
     return logs, max(logs, summaries)
 
 

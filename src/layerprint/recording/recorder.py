@@ -78,7 +78,9 @@ class FlightRecorder:
         self._lock = threading.RLock()
         self._filed = first_step - 1  # the last step whose state is in the record
         self._published = first_step - 1
-        self._final = {first_step}  # steps always published: the first, every epoch's last
+        self._final = {first_step}  # steps whose logs are always published: the first, every epoch's last
+        # steps whose BatchNorm summaries are always published: the fit's last (its planned one, or where it ended)
+        self._last = {first_step + planned_steps - 1} if planned_steps else set()
         self._snapshot_steps: set[int] = set()  # steps whose state came from a snapshot (``file_state``)
         self._calls_since_drain = 0
         self._started = time.perf_counter()
@@ -142,12 +144,14 @@ class FlightRecorder:
             self._publish_due(final=False)
         self.spend(time.perf_counter() - started)
 
-    def epoch_done(self, step: int) -> None:
-        """An epoch ended after global ``step``: file and publish what is recorded; the state ``step`` left comes
-        from a snapshot (``file_state``)."""
+    def epoch_done(self, step: int, last: bool = False) -> None:
+        """An epoch ended after global ``step`` (``last``: and the fit with it): file and publish what is
+        recorded; the state ``step`` left comes from a snapshot (``file_state``)."""
         with self._lock:
             self._reached = max(self._reached, step)
             self._final.add(step)
+            if last:
+                self._last.add(step)
         self.drain()
 
     def file_state(self, step: int, values: list[np.ndarray] | None) -> None:
@@ -200,7 +204,7 @@ class FlightRecorder:
             elif step in self._final or step % self.publish_every == 0:
                 row = self.record.row(step)
                 self._log_points = sum(1 for key in row if key.startswith(keys.STEP_PREFIX))
-                if step not in self._final and step % self.publish_bn_every:
+                if step not in self._last and step % self.publish_bn_every:
                     row = {key: value for key, value in row.items() if not key.startswith(keys.BN_PREFIX)}
                 self.sink.log_metrics(row, step, self.record.time_ms(step))
             step += 1
@@ -228,11 +232,10 @@ class FlightRecorder:
         self.device.set_checksum_every(self.record.checksum_every)
 
     def _choose_publish_cadence(self) -> None:
-        """The publishing cadences (``policy.publish_cadences``) from what the sink spends per point and what a
-        step of the fit takes on average: the fit's time so far and its remaining steps at the pace of the
-        steps since the first one's end (the trace behind), over its planned steps (a short fit, most of it
-        the trace, publishes every step; a long one at the pace of its steps); at that pace alone when the
-        fit's length is unknown."""
+        """The publishing cadences (``policy.publish_cadences``) from what the sink spends per point, the pace of
+        the steps since the first one's end (the trace behind), and what a step of the fit takes on average:
+        the fit's time so far and its remaining steps at that pace, over its planned steps (the pace alone
+        when the fit's length is unknown)."""
         if self.budget.publish_every is not None or self._steady is None or self._latest is None:
             return
         (first_time, first_step), (last_time, last_step) = self._steady, self._latest
@@ -241,15 +244,15 @@ class FlightRecorder:
         pace = (last_time - first_time) / (last_step - first_step)
         elapsed = time.perf_counter() - self._started
         done = self._reached - self.first_step + 1
-        step_seconds = pace
+        fit_step = pace
         if self.planned_steps is not None:
-            step_seconds = (elapsed + max(self.planned_steps - done, 0) * pace) / max(self.planned_steps, done)
+            fit_step = (elapsed + max(self.planned_steps - done, 0) * pace) / max(self.planned_steps, done)
         stats = getattr(self.sink, "stats", None)
         sent = stats.metrics_sent if stats is not None else 0
         per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
         bn_points = len(self.device.bn_columns) if self.device is not None else 0
         self.publish_every, self.publish_bn_every = policy.publish_cadences(
-            per_point, self._log_points, bn_points, step_seconds, self._seconds / max(elapsed, 1e-9), self.budget.share)
+            per_point, self._log_points, bn_points, fit_step, pace, self._seconds / max(elapsed, 1e-9), self.budget.share)
 
 
 def checksum_columns(paths: list[str]) -> list[str]:
