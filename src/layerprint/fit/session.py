@@ -79,7 +79,8 @@ class FitSession:
         self.artifacts: Artifacts | None = None
         self.futures: list[Future] = []
         self.open, self.planned_steps, self.planned_epochs = False, None, None
-        self._worker: ThreadPoolExecutor | None = None
+        self._workers: dict[bool, ThreadPoolExecutor] = {}  # by ``ordered`` (``_background``)
+        self._unordered: list[Future] = []  # computations the run's end waits for
         self.logs = StepLogs()
         self._hook: OptimizerBuildHook | None = None
         self._steps_written = 0  # the last global step ``steps.parquet`` was written at
@@ -157,7 +158,8 @@ class FitSession:
             self._background(part.RECORDER, self._file_state, state.global_step, values)
             self._background(part.ARTIFACTS, self._write_steps)
         if values is not None:
-            self._background(part.DRIFT, lambda: self.binding.log_metrics(state.drift(values.get()), logged_epoch))
+            self._background(part.DRIFT, lambda: self.binding.log_metrics(state.drift(values.get()), logged_epoch),
+                             ordered=False)
         if state.bn_layers:
             self._record_batchnorm(logged_epoch, values)
         progress.last_step, progress.last_epoch = state.global_step, logged_epoch
@@ -200,23 +202,31 @@ class FitSession:
             self.device.restore()  # even when the recorder part failed
         if self._hook is not None:
             self._hook.remove()
+        if values is not None:
+            self._background(part.FINGERPRINTS, self._fingerprint_end, values, ordered=False)
         self._background(part.FINISH, self._finish, status, values)
         self.progress.finishing = self.futures[-1] if self.futures else None
-        if self._worker is not None:
-            self._worker.shutdown(wait=False)  # its thread ends once the queued work is done
-            self._worker = None
+        for worker in self._workers.values():
+            worker.shutdown(wait=False)  # its thread ends once the queued work is done
+        self._workers = {}
         if not (self.binding.owns_run and self.options.run.finish_in_background):
             self.wait()
             self.binding.note_ended()
 
+    def _fingerprint_end(self, final: VariableValues) -> None:
+        """The final fingerprint, its tag and artifact (beside the ordered work of the fit's end)."""
+        values = self.parts.guard(part.VALUES, final.get)
+        if values is None:
+            return
+        state = self.state
+        state.final_fingerprint = self.parts.guard(part.FINGERPRINTS, fingerprint_arrays, state.named(self.model, values))
+        if state.final_fingerprint is not None:
+            self.binding.set_tags({keys.TAG_FINAL_FINGERPRINT: state.final_fingerprint["model"]})
+            self.parts.guard(part.ARTIFACTS, self.artifacts.json, keys.FINGERPRINTS_FINAL, state.final_fingerprint)
+
     def _finish(self, status: str, final: VariableValues | None) -> None:
         state, progress, artifacts = self.state, self.progress, self.artifacts
         values = self.parts.guard(part.VALUES, final.get) if final is not None else None
-        if values is not None:
-            state.final_fingerprint = self.parts.guard(part.FINGERPRINTS, fingerprint_arrays, state.named(self.model, values))
-            if state.final_fingerprint is not None:
-                self.binding.set_tags({keys.TAG_FINAL_FINGERPRINT: state.final_fingerprint["model"]})
-                self.parts.guard(part.ARTIFACTS, artifacts.json, keys.FINGERPRINTS_FINAL, state.final_fingerprint)
         if self.recorder is not None and self._steps_written < state.global_step:  # stopped without an epoch end
             self._file_state(state.global_step, final)
             self.parts.guard(part.ARTIFACTS, self._write_steps)
@@ -230,6 +240,7 @@ class FitSession:
             self.parts.guard(part.ARTIFACTS, artifacts.batchnorm, progress)
         if state.non_finite_step is not None:
             self.binding.set_tags({keys.TAG_FAILURE: f"loss became non-finite at step {state.non_finite_step}"})
+        wait_for_futures(self._unordered)  # the final fingerprint and the drift, computed beside this
         try:
             self.binding.end(status)
         finally:
@@ -386,15 +397,23 @@ class FitSession:
     def _upload(self, path: Any, artifact_path: str) -> None:
         self.binding.log_artifact(path, artifact_path)
 
-    def _background(self, name: str, function: Callable[..., Any], *args: Any) -> None:
-        """``function(*args)`` guarded as part ``name``, on the fit's background thread after the work queued
-        before it (at once under ``strict``, so that errors reach the caller)."""
+    def _background(self, name: str, function: Callable[..., Any], *args: Any, ordered: bool = True) -> None:
+        """``function(*args)`` guarded as part ``name``, off the training thread (at once under ``strict``, so that
+        errors reach the caller): ``ordered``, on the fit's background thread after the work queued before
+        it; else on a second thread, beside it (a computation of its own that releases the GIL: the drift,
+        the final fingerprint), which the run's end waits for."""
         if self.options.strict:
             function(*args)
             return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="layerprint-finish")
+        worker = self._workers.get(ordered)
+        if worker is None:
+            worker = self._workers[ordered] = ThreadPoolExecutor(
+                1, thread_name_prefix="layerprint-finish" if ordered else "layerprint-compute")
         try:
-            self.futures.append(self._worker.submit(self.parts.guard, name, function, *args))
+            future = worker.submit(self.parts.guard, name, function, *args)
         except RuntimeError:  # the interpreter is exiting: no new threads
             self.parts.guard(name, function, *args)
+            return
+        self.futures.append(future)
+        if not ordered:
+            self._unordered = [pending for pending in self._unordered if not pending.done()] + [future]
