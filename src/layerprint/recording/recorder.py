@@ -81,6 +81,8 @@ class FlightRecorder:
         self._final = {first_step}  # steps whose logs are always published: the first, every epoch's last
         # steps whose BatchNorm summaries are always published: the fit's last (its planned one, or where it ended)
         self._last = {first_step + planned_steps - 1} if planned_steps else set()
+        self._bn_owed: set[int] = set()  # fit's last steps published before they were known last: no ``bn/`` yet
+        self._bn_sent = first_step - 1  # the latest step published with its ``bn/`` points
         self._snapshot_steps: set[int] = set()  # steps whose state came from a snapshot (``file_state``)
         self._calls_since_drain = 0
         self._started = time.perf_counter()
@@ -152,6 +154,8 @@ class FlightRecorder:
             self._final.add(step)
             if last:
                 self._last.add(step)
+                if step <= self._published and step != self._bn_sent:
+                    self._bn_owed.add(step)  # stopped early: published before it was known to be the last
         self.drain()
 
     def file_state(self, step: int, values: list[np.ndarray] | None) -> None:
@@ -206,9 +210,17 @@ class FlightRecorder:
                 self._log_points = sum(1 for key in row if key.startswith(keys.STEP_PREFIX))
                 if step not in self._last and step % self.publish_bn_every:
                     row = {key: value for key, value in row.items() if not key.startswith(keys.BN_PREFIX)}
+                elif any(key.startswith(keys.BN_PREFIX) for key in row):
+                    self._bn_sent = step
                 self.sink.log_metrics(row, step, self.record.time_ms(step))
             step += 1
         self._published = step - 1
+        for step in sorted(s for s in self._bn_owed if s <= self._filed):
+            row = {key: value for key, value in self.record.row(step).items() if key.startswith(keys.BN_PREFIX)}
+            if row:  # filed with its summaries (from the device's rows or the epoch's snapshot)
+                self._bn_owed.discard(step)
+                self._bn_sent = step
+                self.sink.log_metrics(row, step, self.record.time_ms(step))
 
     # Cadences.
     def _choose_checksum_cadence(self) -> None:
