@@ -7,7 +7,9 @@ it (built outside the clock, as the user's own code; Keras traces its train step
 without the callback), and the clock stops when ``fit`` returns. Each model is fitted for two lengths, a
 short one and a long one, without and with the callback, in interleaved rounds (every configuration once
 per round, in an order rotated from round to round, so that the machine's slow spells fall on all alike).
-From the fastest fit of each configuration:
+From the fastest fit of each configuration (and again from the median of each round's paired
+differences, layerprint's fit less the baseline's of the same length in the same round, which a slow spell
+on one fit moves less):
 
 - **fixed cost per fit** (ms): what the callback adds whatever the length: tracing and compiling its
   functions (the recording train function, the checksum and snapshot kernels), starting the run, the first
@@ -34,6 +36,7 @@ on the first GPU of the backend ``KERAS_BACKEND`` selects.
 import argparse
 import importlib.util
 import os
+import statistics
 import tempfile
 import time
 
@@ -163,6 +166,15 @@ def main() -> None:
                                          for config, steps in jobs if not config.startswith("Mlflow")))
         print(f"  layerprint fixed cost per fit: {fixed * 1e3:.0f} ms; marginal cost per step: "
               f"{marginal * 1e3:.2f} ms = {marginal / base_step:.1%} of a step (checksum_every {sorted(cadences)})")
+        # The same from each round's pair of fits (layerprint's and the baseline's of one length, run in the
+        # same round): the median of the differences, less sensitive to a slow spell on one fit than the fastest.
+        paired = {n: statistics.median(a - b for a, b in zip(times[("layerprint", n)], times[("baseline", n)]))
+                  for n in (short, long)}
+        paired_marginal = (paired[long] - paired[short]) / (long - short)
+        paired_ratio = statistics.median(a / b for a, b in zip(times[("layerprint", long)], times[("baseline", long)]))
+        print(f"  paired rounds (medians): fixed cost per fit {(paired[short] - paired_marginal * short) * 1e3:.0f} ms; "
+              f"marginal cost per step {paired_marginal * 1e3:.2f} ms = {paired_marginal / base_step:.1%} of a step; "
+              f"whole fit of {long} steps {paired_ratio:.3f}x")
         for config in configs[1:]:
             ratio = best[(config, long)] / best[("baseline", long)]
             print(f"  whole fit of {long} steps, {config}: {best[(config, long)]:.2f} s = {ratio:.3f}x "
