@@ -17,7 +17,7 @@ from layerprint.recording.device import MISSING_CHECKSUM, Device, Rows
 from layerprint.recording.record import StepRecord, read_steps
 from layerprint.recording.recorder import Budget, FlightRecorder
 from layerprint.tracking import spool
-from layerprint.tracking.sink import RunSink
+from layerprint.tracking.sink import RunSink, SinkStats
 
 
 # The record.
@@ -192,6 +192,26 @@ def test_when_the_device_fails_the_logs_are_still_filed_and_published():
     assert sink.steps("train/loss") == list(range(1, 41))
 
 
+def test_the_publishing_cadence_follows_what_the_sink_measured_once_its_first_batch_is_sent():
+    def cadence(metrics_sent, send_seconds):
+        device = HostDevice([np.zeros(4, np.float32)])
+        record, sink = StepRecord(), PointSink()
+        sink.stats = SinkStats(metrics_sent=metrics_sent, send_seconds=send_seconds)
+        recorder = FlightRecorder(device, record, sink, Budget(checksum_every=1), 1, ["checksum/a"], planned_steps=64)
+        for step in range(1, 34):
+            record.set_metrics(step, 1, 0.0, {"train/loss": 1.0, "train/accuracy": 0.5})
+            recorder.step_done(step)
+            time.sleep(0.004)
+        recorder.drain()
+        return recorder.publish_every
+
+    # Steps of about 4 ms, 2 points a step, half of a 2 % budget: at the prior (0.15 ms a point) every 8 steps
+    # or so; at 50 ms a point, every 2,048 steps or more. Wide margins: the steps' pace is the machine's.
+    assert cadence(0, 0.0) <= 32
+    assert cadence(31, 31 * 0.05) <= 32  # fewer than 32 points sent: the prior still
+    assert cadence(40, 40 * 0.05) >= 1024  # a first batch measured: its cost
+
+
 # The sink and the spool, against real stores.
 def test_the_sink_sends_everything_in_batches_within_mlflows_limits(sqlite_uri, client):
     run_id = client.create_run(client.create_experiment("sink")).info.run_id
@@ -207,20 +227,66 @@ def test_the_sink_sends_everything_in_batches_within_mlflows_limits(sqlite_uri, 
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 1501))
 
 
-def test_a_hurried_sink_sends_at_once_what_is_queued_after_it(sqlite_uri, client):
-    run_id = client.create_run(client.create_experiment("hurry")).info.run_id
+def _history(client, run_id, key, count, seconds=10.0):
+    """The metric's history once it has ``count`` points, or when ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while len(client.get_metric_history(run_id, key)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return client.get_metric_history(run_id, key)
+
+
+def test_the_sink_sends_points_every_interval_and_on_flush_files_at_once(tmp_path, sqlite_uri, client):
+    run_id = client.create_run(client.create_experiment("pace")).info.run_id
     sink = RunSink(sqlite_uri, run_id, flush_interval=30.0)
     sink.log_metrics({"train/loss": 1.0}, 1)
-    time.sleep(1.0)
-    assert client.get_metric_history(run_id, "train/loss") == []  # every 30 s: nothing yet
-    sink.hurry()
-    sink.log_metrics({"train/loss": 2.0}, 2)
+    (tmp_path / "file.txt").write_text("now")
+    sink.log_artifact(tmp_path / "file.txt", "layerprint")  # a file goes at once: it wakes the sender
     deadline = time.monotonic() + 10
-    while len(client.get_metric_history(run_id, "train/loss")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not client.list_artifacts(run_id, "layerprint") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [f.path for f in client.list_artifacts(run_id, "layerprint")] == ["layerprint/file.txt"]
+    assert client.get_metric_history(run_id, "train/loss") == []  # points wait for the interval (30 s)
+    sink.log_metrics({"train/loss": 2.0}, 2)
+    assert sink.flush(10)
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
-    assert time.monotonic() < deadline
     sink.close(5)
+    paced = RunSink(sqlite_uri, run_id, flush_interval=0.2)
+    paced.log_metrics({"train/loss": 3.0}, 3)
+    assert [m.step for m in _history(client, run_id, "train/loss", 3)] == [1, 2, 3]  # within the interval
+    paced.close(5)
+
+
+def test_a_sink_creates_its_run_when_told_to_begin_or_after_its_wait_with_the_tags_queued_by_then(sqlite_uri,
+                                                                                                  client):
+    experiment_id = client.create_experiment("opening")
+    created: list[float] = []
+
+    def open_run(tags):
+        created.append(time.monotonic())
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    sink = RunSink(sqlite_uri, None, open_run=open_run, open_wait=30.0)
+    sink.set_tags({"queued": "before"})
+    time.sleep(0.5)
+    assert not created  # waits for ``begin`` (the fit's first step), up to 30 s
+    asked = time.monotonic()
+    sink.begin()
+    run_id = sink.opened_run_id(10)
+    assert created and created[0] >= asked and run_id is not None
+    assert client.get_run(run_id).data.tags["queued"] == "before"  # in the run's creation
+    sink.close(5)
+    started = time.monotonic()
+    waited = RunSink(sqlite_uri, None, open_run=open_run, open_wait=0.3)
+    assert waited.opened_run_id(None) is not None  # asking for the id creates the run at once
+    assert len(created) == 2 and created[1] - started < 0.3
+    waited.close(5)
+    started = time.monotonic()
+    timed = RunSink(sqlite_uri, None, open_run=open_run, open_wait=0.3)
+    deadline = time.monotonic() + 10
+    while len(created) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(created) == 3 and created[2] - started >= 0.3  # nobody said begin: created after its wait
+    timed.close(5)
 
 
 def test_a_server_that_dies_gets_nothing_lost_the_spool_replays_it_once(tmp_path, mlflow_server):

@@ -19,6 +19,9 @@ from layerprint.tracking.sink import OFFLINE_PREFIX, RunSink
 from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
 
 logger = logging.getLogger("layerprint")
+# A run the sink creates is created once the fit's first step is done or after this many seconds (``RunSink``):
+# not beside Keras's trace of the train function, both Python under one lock.
+OPEN_WAIT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -123,18 +126,19 @@ class RunBinding:
         offline = {"experiment_name": options.experiment_name, "run_name": options.run_name,
                    "parent_run_id": parent_run_id}
         try:
-            self.sink = RunSink(self.uri, None, offline_run=offline, open_run=create)
+            self.sink = RunSink(self.uri, None, offline_run=offline, open_run=create, open_wait=OPEN_WAIT_SECONDS)
         except Exception:
             with contextlib.suppress(Exception):  # a run to tag with the failure and end
                 self._run_id = create()
             raise
 
-    def _create_run(self, uri: str, experiment_id: str | None, parent_run_id: str | None) -> str:
-        """Create the run (on the sink's thread) and return its id."""
+    def _create_run(self, uri: str, experiment_id: str | None, parent_run_id: str | None,
+                    tags: dict[str, str] | None = None) -> str:
+        """Create the run (on the sink's thread) with ``tags`` and return its id."""
         client = create_client(uri)
         if experiment_id is None:
             experiment_id = experiment_id_for(client, uri, self.options.experiment_name)
-        run_tags = {keys.TAG_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+        run_tags = {**(tags or {}), **({keys.TAG_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
         return client.create_run(experiment_id, run_name=self.options.run_name, tags=run_tags).info.run_id
 
     @property
@@ -147,11 +151,11 @@ class RunBinding:
         if self.sink is not None and points:
             self.parts.guard(part.SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
-    def hurry(self) -> None:
-        """What is logged from now on is sent at once (``RunSink.hurry``): the fit's end waits for it. A sink
-        the caller gave is left to its own pace (it outlives the fit)."""
+    def first_step_done(self) -> None:
+        """The fit's first step is done (Keras traced its train function): a run the sink creates is created
+        now (``RunSink.begin``)."""
         if self.sink is not None and self.sink is not self.options.sink:
-            self.parts.guard(part.SINK, self.sink.hurry)
+            self.parts.guard(part.SINK, self.sink.begin)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.sink is not None:

@@ -84,6 +84,7 @@ class FitSession:
         self.logs = StepLogs()
         self._hook: OptimizerBuildHook | None = None
         self._steps_written = 0  # the last global step ``steps.parquet`` was written at
+        self._stepped = False  # a step of this fit has ended
 
     @property
     def run_key(self) -> str:
@@ -129,8 +130,12 @@ class FitSession:
                 self._recorder_call(self.recorder.drain)
 
     def batch_end(self, batch: int, logs: dict[str, Any] | None) -> None:
-        """Only a thread-safe append (Keras may call it off the training thread); filed at the next drain."""
+        """Only a thread-safe append (Keras may call it off the training thread); filed at the next drain. After
+        the fit's first step, the run is created (``RunBinding.first_step_done``)."""
         step = self.state.finish_batch(batch)
+        if not self._stepped:
+            self._stepped = True
+            self.binding.first_step_done()
         if self.state.pending_capture:
             self.capture(init_step=step)
         self.logs.append(step, self.state.current_epoch, logs)
@@ -138,8 +143,6 @@ class FitSession:
     def epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         state, progress = self.state, self.progress
         last = epoch + 1 == self.planned_epochs
-        if last:
-            self.binding.hurry()  # the fit's end comes next and waits for what is sent from here
         logged_epoch = state.logged_epoch(epoch)
         state.epoch_start_step = state.global_step
         if state.pending_capture:
@@ -168,7 +171,6 @@ class FitSession:
     def end(self) -> None:
         """``on_train_end``: the fit finished (or stopped early)."""
         state = self.state
-        self.binding.hurry()
         if state.pending_capture:
             self.capture(init_step=state.global_step)
         self._file_logs()

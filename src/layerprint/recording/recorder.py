@@ -32,6 +32,7 @@ from layerprint.recording.record import StepRecord
 
 DRAIN_EVERY = 32  # calls of the train function whose state is brought to the host together
 PRIOR_SECONDS_PER_POINT = 150e-6  # CPU of MLflow's SQL store (0.12-0.2 ms); replaced by the sink's measurement
+MEASURED_AFTER_POINTS = 32  # points sent (a first batch) before the sink's measured CPU a point replaces the prior
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ class FlightRecorder:
             fit_step = (elapsed + max(self.planned_steps - done, 0) * pace) / max(self.planned_steps, done)
         stats = getattr(self.sink, "stats", None)
         sent = stats.metrics_sent if stats is not None else 0
-        per_point = stats.send_seconds / sent if stats is not None and sent >= 200 else PRIOR_SECONDS_PER_POINT
+        measured = stats is not None and sent >= MEASURED_AFTER_POINTS
+        per_point = stats.send_seconds / sent if measured else PRIOR_SECONDS_PER_POINT
         bn_points = len(self.device.bn_columns) if self.device is not None else 0
         self.publish_every, self.publish_bn_every = policy.publish_cadences(
             per_point, self._log_points, bn_points, fit_step, pace, self._seconds / max(elapsed, 1e-9), self.budget.share)

@@ -2,14 +2,21 @@
 
 ``RunSink`` takes metrics, params, tags and artifact files from the training thread (appending to a
 list under a lock: microseconds) and a background thread sends them: points with
-``MlflowClient.log_batch`` in chunks within MLflow's limits (``store.batch_chunks``), files with
-``log_artifact``. A chunk the store refuses or cannot take is written to the local spool
+``MlflowClient.log_batch`` in chunks within MLflow's limits (``store.batch_chunks``), every
+``flush_interval`` and at once during ``flush`` (a store call costs about 3 ms of CPU whatever it
+carries, so points are sent together: a fit's last points in one call, at its end), files with
+``log_artifact`` as they come. A chunk the store refuses or cannot take is written to the local spool
 (``spool.RunSpool``) instead, with its original timestamps, and one warning is printed;
 ``layerprint sync`` replays it later and nothing lands twice (see ``spool``).
 
 A sink can also create its run itself, on its thread (``open_run``): the caller's thread then never
 waits for the store (creating a run in SQLite costs about 10 ms, a commit to disk); when the run cannot
 be created, the sink keeps everything in the spool under a local id, for ``sync`` to create it later.
+It creates it when told to begin (``begin``: a fit's first step is done) or ``open_wait`` seconds after
+it started, whichever comes first: the store's client is Python that holds the interpreter's lock, and
+Keras traces the train function, Python too, during the first step (the benchmarks' CNN, 16-step fresh
+fits on two cores, medians of 30 paired rounds: the first step 79 ms longer than without layerprint with
+the run created beside its trace, 12 ms with it created after; the whole fit 149 ms against 107 ms).
 
 MLflow's own async logging is not used for this: its queue is unbounded and a failed batch is
 reported as success to the callers (see README, "Why a sink of our own").
@@ -63,8 +70,10 @@ class RunSink:
         offline_run: ``{"experiment_name", "run_name", "parent_run_id"}`` of a run that is not in the
             store: with ``run_id``, a run that could not be created (``run_id`` is then its local id);
             with ``open_run``, what ``sync`` creates should ``open_run`` fail.
-        open_run: creates the run in the store and returns its id, on the sink's thread, before it
-            sends anything; what the caller queues meanwhile waits.
+        open_run: creates the run in the store with the tags it is given (those queued by then: one call
+            fewer) and returns its id, on the sink's thread, before it sends anything; what the caller
+            queues meanwhile waits.
+        open_wait: seconds the sink waits for ``begin`` before it calls ``open_run``.
         strict: raise tracking errors instead of spooling (for tests).
 
     Attributes:
@@ -79,7 +88,8 @@ class RunSink:
         flush_interval: float = 1.0,
         offline_run: dict[str, Any] | None = None,
         strict: bool = False,
-        open_run: Callable[[], str] | None = None,
+        open_run: Callable[[dict[str, str]], str] | None = None,
+        open_wait: float = 0.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.run_id: str | None = None
@@ -89,6 +99,7 @@ class RunSink:
         self._offline = False
         self._open_run, self._offline_run = open_run, offline_run
         self._opened = threading.Event()
+        self._begin, self._open_wait = threading.Event(), open_wait
         self.spool: RunSpool | None = None
         self._lock = threading.Lock()
         self._metrics: list[tuple[str, float, int, int]] = []
@@ -98,7 +109,7 @@ class RunSink:
         self._artifacts: list[tuple[Path, str | None]] = []  # files to upload, oldest first
         self._artifact_inflight: tuple[Path, str | None] | None = None
         self._wake = threading.Event()
-        self._hurry = False  # ``hurry``: what is queued goes at once
+        self._flushing = 0  # ``flush`` calls waiting: what is queued goes at once
         self._closing = False
         self._stalled = False
         self._warned = False
@@ -114,14 +125,10 @@ class RunSink:
         timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         with self._lock:
             self._metrics.extend((key, float(value), timestamp, step) for key, value in metrics.items())
-        if self._hurry:
-            self._wake.set()
 
-    def hurry(self) -> None:
-        """From now on, send what is queued at once instead of every ``flush_interval`` (the fit is ending and
-        waits for it: sending overlaps with the rest of the end's work)."""
-        self._hurry = True
-        self._wake.set()
+    def begin(self) -> None:
+        """Create the run now, if ``open_run`` creates it and has not yet (module doc)."""
+        self._begin.set()
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Queue params (values cut to MLflow's 6,000 characters)."""
@@ -132,8 +139,6 @@ class RunSink:
         """Queue tags (values cut to MLflow's 8,000 characters)."""
         with self._lock:
             self._tags.update({k: _truncate(v, MAX_TAG_VALUE) for k, v in tags.items()})
-        if self._hurry:
-            self._wake.set()
 
     def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Queue a file for upload by the background thread (spooled if the upload fails). The file
@@ -159,10 +164,15 @@ class RunSink:
         return True
 
     def _open_in_store(self) -> None:
-        """Create the run with ``open_run`` (the sink's thread), or go offline when the store refuses."""
+        """Create the run with ``open_run`` (the sink's thread) and the tags queued so far, or go offline when
+        the store refuses (the tags queued again, for the spool)."""
+        with self._lock:
+            tags, self._tags = self._tags, {}
         try:
-            run_id = self._open_run()
+            run_id = self._open_run(tags)
         except Exception as error:  # noqa: BLE001 - the store being down must not stop training
+            with self._lock:
+                self._tags = {**tags, **self._tags}
             if self.strict:
                 self.stats.errors.append(repr(error))
             logger.warning("layerprint: cannot create a run in %s (%s); logging to the local spool, send it later "
@@ -178,22 +188,30 @@ class RunSink:
 
     def opened_run_id(self, timeout: float | None = None) -> str | None:
         """The run's id, once the run exists (``open_run`` has returned, or the sink went offline);
-        waits up to ``timeout`` seconds for it, then None."""
+        waits up to ``timeout`` seconds for it (the run created now, when it was not yet), then None."""
+        self._begin.set()
         self._opened.wait(timeout)
         return self.run_id
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything queued so far; True when it was all sent or spooled within ``timeout``."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        self._begin.set()
+        with self._lock:
+            self._flushing += 1
+        try:
+            while time.monotonic() < deadline:
+                with self._lock:
+                    idle = (not (self._metrics or self._params or self._tags or self._artifacts)
+                            and self._inflight is None and self._artifact_inflight is None)
+                if idle:
+                    return True
+                self._wake.set()  # at every poll: what was queued after the thread's last look goes now
+                time.sleep(0.005)
+            return False
+        finally:
             with self._lock:
-                idle = (not (self._metrics or self._params or self._tags or self._artifacts)
-                        and self._inflight is None and self._artifact_inflight is None)
-            if idle:
-                return True
-            self._wake.set()  # at every poll: what was queued after the thread's last look goes now
-            time.sleep(0.005)
-        return False
+                self._flushing -= 1
 
     def close(self, timeout: float = 30.0) -> SinkStats:
         """Flush, stop the thread, spool whatever could not be sent in ``timeout`` seconds (under a local
@@ -276,13 +294,18 @@ class RunSink:
 
     def _run(self) -> None:
         if self._open_run is not None:
+            self._begin.wait(self._open_wait)
             self._open_in_store()
+        due = time.monotonic() + self.flush_interval  # when the points go, unless hurried
         while True:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(max(due - time.monotonic(), 0.0))
             self._wake.clear()
             with self._lock:
-                batch = (self._metrics, self._params, self._tags)
-                self._metrics, self._params, self._tags = [], {}, {}
+                batch: tuple[list, dict, dict] = ([], {}, {})
+                if self._flushing or self._closing or time.monotonic() >= due:
+                    batch = (self._metrics, self._params, self._tags)
+                    self._metrics, self._params, self._tags = [], {}, {}
+                    due = time.monotonic() + self.flush_interval
                 if any(batch):
                     self._inflight = batch
             if any(batch):
