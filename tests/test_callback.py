@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -53,6 +54,40 @@ def test_standalone_callback_starts_and_ends_its_own_run(sqlite_uri, client):
     initial = _artifact_json(client, run.info.run_id, "fingerprints_initial.json")
     assert initial["model"] == cb.initial_fingerprint["model"]
     assert {v["path"] for v in initial["variables"]} == {v.path for v in model.variables}
+
+
+class _BeforeTheFirstStep(keras.callbacks.Callback):
+    """At the first batch's begin (the trace not yet run): what layerprint's start has done after a pause,
+    and, with ``ask``, the initial fingerprint asked for there."""
+
+    def __init__(self, layerprint, ask=False):
+        super().__init__()
+        self.layerprint, self.ask, self.seen = layerprint, ask, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0 and self.seen is None:
+            time.sleep(1.0)  # ample for a tiny model's fingerprint and the run's creation, were they not waiting
+            session = self.layerprint.session
+            self.seen = {"run": session.binding.sink.run_id, "fingerprint": session.state.initial_fingerprint}
+            if self.ask:
+                started = time.monotonic()
+                self.seen["asked"] = self.layerprint.initial_fingerprint
+                self.seen["asked_seconds"] = time.monotonic() - started
+
+
+def test_the_start_s_work_waits_for_the_first_step_unless_asked_for(sqlite_uri, client):
+    model = _bn_model()
+    model.compile("adam", "mse")
+    x, y = _data()
+    cb = LayerprintCallback(tracking_uri=sqlite_uri, experiment_name="start")
+    probe = _BeforeTheFirstStep(cb)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb, probe])
+    assert probe.seen == {"run": None, "fingerprint": None}  # not beside Keras's trace of the first step
+    run = client.get_run(cb.active_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[keys.TAG_INIT_FINGERPRINT] == cb.initial_fingerprint["model"]
+    asking = _BeforeTheFirstStep(cb, ask=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb, asking])
+    assert asking.seen["asked"] is not None and asking.seen["asked_seconds"] < 10  # asked for: done at once
 
 
 def test_batchnorm_metrics_and_npz_match_the_layer_variables(sqlite_uri, client):

@@ -19,9 +19,9 @@ from layerprint.tracking.sink import OFFLINE_PREFIX, RunSink
 from layerprint.tracking.store import create_client, experiment_id_for, resolve_tracking_uri
 
 logger = logging.getLogger("layerprint")
-# A run the sink creates is created once the fit's first step is done or after this many seconds (``RunSink``):
-# not beside Keras's trace of the train function, both Python under one lock.
-OPEN_WAIT_SECONDS = 3.0
+# The start's work off the training thread, the run's creation by the sink too, waits for the fit's first step to
+# end or this many seconds: not beside Keras's trace of the train function, both Python under one lock.
+START_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class RunBinding:
         offline = {"experiment_name": options.experiment_name, "run_name": options.run_name,
                    "parent_run_id": parent_run_id}
         try:
-            self.sink = RunSink(self.uri, None, offline_run=offline, open_run=create, open_wait=OPEN_WAIT_SECONDS)
+            self.sink = RunSink(self.uri, None, offline_run=offline, open_run=create, open_wait=START_WAIT_SECONDS)
         except Exception:
             with contextlib.suppress(Exception):  # a run to tag with the failure and end
                 self._run_id = create()
@@ -152,8 +152,8 @@ class RunBinding:
             self.parts.guard(part.SINK, self.sink.log_metrics, points, step, timestamp_ms)
 
     def first_step_done(self) -> None:
-        """The fit's first step is done (Keras traced its train function): a run the sink creates is created
-        now (``RunSink.begin``)."""
+        """The fit's first step is done (Keras traced its train function), or its end came first: a run the
+        sink creates is created now (``RunSink.begin``)."""
         if self.sink is not None and self.sink is not self.options.sink:
             self.parts.guard(part.SINK, self.sink.begin)
 

@@ -14,9 +14,7 @@ waits for the store (creating a run in SQLite costs about 10 ms, a commit to dis
 be created, the sink keeps everything in the spool under a local id, for ``sync`` to create it later.
 It creates it when told to begin (``begin``: a fit's first step is done) or ``open_wait`` seconds after
 it started, whichever comes first: the store's client is Python that holds the interpreter's lock, and
-Keras traces the train function, Python too, during the first step (the benchmarks' CNN, 16-step fresh
-fits on two cores, medians of 30 paired rounds: the first step 79 ms longer than without layerprint with
-the run created beside its trace, 12 ms with it created after; the whole fit 149 ms against 107 ms).
+Keras traces the train function, Python too, during the first step (``fit.session``).
 
 MLflow's own async logging is not used for this: its queue is unbounded and a failed batch is
 reported as success to the callers (see README, "Why a sink of our own").
