@@ -191,12 +191,16 @@ class TensorFlowDevice(Device):
                     checksums[i] = np.asarray(sums).astype(np.int64)
             return Rows(np.asarray([step for step, _, _ in pending], np.int64),
                         np.stack([np.asarray(bn) for _, bn, _ in pending]), checksums)
+        import tensorflow as tf
+
         written = int(self._count.numpy()) - 1  # rows exist for the steps before the last one
         indexes = np.arange(max(self._drained, written - self.capacity, 0), max(written, 0))
         self._drained = max(self._drained, written)
         slots = indexes % self.capacity
-        batchnorm = self._bn_rows.numpy()[slots] if self.n_bn else np.zeros((len(slots), 0), np.float32)
-        sums = self._sums.numpy()[slots]
+        # only the rows wanted leave the device (one gather each): ResNet50's BatchNorm ring is 13.6 MB, whose
+        # copy took 13-25 ms on the training thread at every drain, against 1-4 ms for a drain's rows
+        batchnorm = tf.gather(self._bn_rows, slots).numpy() if self.n_bn else np.zeros((len(slots), 0), np.float32)
+        sums = tf.gather(self._sums, slots).numpy()
         checksums = np.where(sums[:, -1:] > 0, sums[:, :-1], MISSING_CHECKSUM).astype(np.int64)
         return Rows(self.first_step + indexes, batchnorm, checksums)
 
