@@ -31,7 +31,7 @@ from layerprint.recording.device import Device, Rows
 from layerprint.recording.record import StepRecord
 
 DRAIN_EVERY = 32  # calls of the train function whose state is brought to the host together
-PRIOR_SECONDS_PER_POINT = 150e-6  # CPU of MLflow's SQL store (0.12-0.2 ms); replaced by the sink's measurement
+PRIOR_SECONDS_PER_POINT = 400e-6  # a point's CPU in MLflow's SQL store during a fit; replaced by the sink's measurement
 MEASURED_AFTER_POINTS = 32  # points sent (a first batch) before the sink's measured CPU a point replaces the prior
 
 
