@@ -212,7 +212,9 @@ class TensorFlowDevice(Device):
         return [tf.convert_to_tensor(v.value) for v in self.variables]
 
     def host(self, snapshot: list[Any], final: bool = False) -> list[np.ndarray]:
-        """Copies of the values; ``final``, the tensors' own memory (no copy: 0.5 ms instead of 25-250 ms for
-        ResNet50). TensorFlow copies a variable before it assigns to it while a read of it is alive, so a
-        view is exact either way; ``final`` keeps that copy off a training step that follows."""
-        return [np.asarray(value) if final else np.array(value) for value in snapshot]
+        """The tensors' own memory, ``final`` or not (no copy: 0.5 ms instead of 25-250 ms for ResNet50).
+        TensorFlow copies a variable before it assigns to it while a read of it is alive, so a view is exact.
+        A copy here would come on top of that one, not instead of it: the snapshot lives until it is hosted,
+        and the fit's first snapshot is hosted after the first step (``fit.session``), an epoch's while the
+        next epoch's first step runs (for ResNet50 that copy cost 60-180 ms of CPU beside training)."""
+        return [np.asarray(value) for value in snapshot]
