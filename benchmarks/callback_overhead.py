@@ -40,9 +40,7 @@ import statistics
 import tempfile
 import time
 
-# name: (short steps, long steps, batch, image side, channels)
-MODELS = {"cnn": (64, 192, 32, 28, 1), "mobilenetv2": (10, 30, 16, 96, 3), "resnet50": (10, 30, 16, 96, 3),
-          "efficientnetb0": (10, 30, 16, 96, 3)}
+from one_model import MODELS
 PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
 PARSER.add_argument("--rounds", type=int, default=3)

@@ -16,25 +16,19 @@ Prints the median of each over the fits (the process's first fit, imports and th
     python benchmarks/fit_cpu.py --model cnn --fits 5
 """
 
-import argparse
 import collections
 import statistics
-import sys
 import tempfile
 import threading
 import time
 
-PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-PARSER.add_argument("--model", choices=["cnn", "efficientnetb0", "mobilenetv2", "resnet50"], default="cnn")
-PARSER.add_argument("--fits", type=int, default=5)
-PARSER.add_argument("--steps", type=int, default=None, help="the fit's steps (default: the long fit's)")
-ARGS = PARSER.parse_args()
-sys.argv = [sys.argv[0], "--models", ARGS.model]  # callback_overhead reads its options at import, before Keras
+from one_model import fit_data, parse_options
+
+ARGS = parse_options(__doc__.splitlines()[0], "fits", 5)
 
 import callback_overhead as bench  # noqa: E402
 import keras  # noqa: E402
 import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
 
 from layerprint import LayerprintCallback  # noqa: E402
 from layerprint.fit.parts import Parts  # noqa: E402
@@ -115,11 +109,8 @@ def one_fit(inputs: dict, shape: tuple[int, int], uri: str) -> dict:
 
 
 def main() -> None:
-    _, long, batch, side, channels = bench.MODELS[ARGS.model]
-    steps = ARGS.steps or long
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(steps * batch, side, side, channels)).astype("float32")
-    inputs = bench.fit_inputs(x, rng.integers(0, 10, size=(steps * batch,)), batch)
+    inputs, (side, channels) = fit_data(bench, ARGS)
+    steps = ARGS.steps or bench.MODELS[ARGS.model][1]
     with tempfile.TemporaryDirectory() as store:
         uri = f"sqlite:///{store}/mlflow.db"
         one_fit(inputs, (side, channels), uri)  # the process's first fit: imports, tables

@@ -18,18 +18,13 @@ round). The first fit of the process (imports, the store's tables) is left out.
     python benchmarks/fit_phases.py --model cnn --rounds 5
 """
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 
-PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-PARSER.add_argument("--model", choices=["cnn", "efficientnetb0", "mobilenetv2", "resnet50"], default="cnn")
-PARSER.add_argument("--rounds", type=int, default=5)
-PARSER.add_argument("--steps", type=int, default=None, help="the fit's steps (default: the long fit's)")
-ARGS = PARSER.parse_args()
-sys.argv = [sys.argv[0], "--models", ARGS.model]  # callback_overhead reads its options at import, before Keras
+from one_model import fit_data, parse_options
+
+ARGS = parse_options(__doc__.splitlines()[0], "rounds", 5)
 
 import callback_overhead as bench  # noqa: E402
 import keras  # noqa: E402
@@ -66,11 +61,8 @@ def phases(config: str, inputs: dict, shape: tuple[int, int], uri: str) -> dict[
 
 
 def main() -> None:
-    _, long, batch, side, channels = bench.MODELS[ARGS.model]
-    steps = ARGS.steps or long
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(steps * batch, side, side, channels)).astype("float32")
-    inputs = bench.fit_inputs(x, rng.integers(0, 10, size=(steps * batch,)), batch)
+    inputs, (side, channels) = fit_data(bench, ARGS)
+    steps = ARGS.steps or bench.MODELS[ARGS.model][1]
     measured: dict[str, list[dict[str, float]]] = {"baseline": [], "layerprint": []}
     with tempfile.TemporaryDirectory() as store:
         uri = f"sqlite:///{store}/mlflow.db"
