@@ -49,8 +49,9 @@ def test_tensorflow_kernel_equals_the_reference(dtype):
 
 
 def test_tensorflow_kernel_equals_the_reference_for_small_large_and_empty_arrays_of_every_width_in_one_call():
-    """Small arrays of one shape and dtype are stacked and summed together, large ones where they lie, and the
-    checksums come back in the arrays' order, whatever the mix."""
+    """Small arrays of one shape and dtype are stacked and summed together, large ones where they lie (in
+    rows, whose weights wrap modulo 2**32), and the checksums come back in the arrays' order, whatever the
+    mix."""
     import tensorflow as tf
 
     from layerprint.recording.checksum import STACK_BELOW_WORDS
@@ -60,7 +61,9 @@ def test_tensorflow_kernel_equals_the_reference_for_small_large_and_empty_arrays
     arrays[3:3] = [np.asarray(rng.normal(size=(STACK_BELOW_WORDS // 64, 64)), np.float32),  # large, 2-D
                    np.zeros((0, 3), np.float32),
                    rng.integers(0, 1 << 62, size=STACK_BELOW_WORDS // 2, dtype=np.int64),  # large: two words a value
-                   np.asarray(rng.normal(size=(7,)), np.float32)]
+                   np.asarray(rng.normal(size=(7,)), np.float32),
+                   np.asarray(rng.normal(size=(3, 3, 64, 64)), np.float32),  # large, summed by rows of 4,096 words
+                   rng.integers(-(1 << 62), 1 << 62, size=(300, 256), dtype=np.int64)]  # rows of 512 words
     arrays.append(_values("float32", seed=11))  # the shape and dtype of an earlier one: stacked with it
     tensors = [tf.cast(tf.constant(a.astype(np.float32)), tf.bfloat16) if a.dtype.name == "bfloat16" else tf.constant(a)
                for a in arrays]
