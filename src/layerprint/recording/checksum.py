@@ -67,11 +67,13 @@ def checksums_numpy(arrays: list[np.ndarray]) -> np.ndarray:
 def checksums_tensorflow(arrays: list[Any]) -> Any:
     """Every array's checksum as one ``uint32`` vector, as TensorFlow ops (traced into a ``tf.function``).
 
-    Small arrays of one shape and dtype are stacked and summed together (a deep model repeats its shapes: the
-    traced graph holds a few ops a shape, not a few ops a variable, and TensorFlow keeps every graph it
-    traces for the life of the process); arrays of ``STACK_BELOW_WORDS`` words or more are summed where they
-    lie (stacking copies them: for ResNet50, 15 ms a step instead of 10), by rows in one matrix product
-    (``_tensorflow_checksum_by_rows``)."""
+    The words are taken as ``int32`` (the same bits: products and sums modulo 2**32 do not depend on the
+    sign), and each sum of products is one matrix product, which writes no temporary the size of the words.
+    Small arrays of one shape and dtype are stacked and summed together, ``(arrays, words)`` times the column
+    ``2i + 1`` (a deep model repeats its shapes: the traced graph holds a few ops a shape, not a few ops a
+    variable, and TensorFlow keeps every graph it traces for the life of the process); arrays of
+    ``STACK_BELOW_WORDS`` words or more are summed where they lie (stacking copies them: for ResNet50, 15 ms
+    a step instead of 10), by rows (``_tensorflow_checksum_by_rows``)."""
     import tensorflow as tf
 
     if not arrays:
@@ -80,34 +82,35 @@ def checksums_tensorflow(arrays: list[Any]) -> Any:
     for index, array in enumerate(arrays):
         alone = word_count(array.shape, array.dtype.size) >= STACK_BELOW_WORDS
         groups.setdefault((tuple(array.shape), array.dtype, index if alone else None), []).append(index)
-    stacked_sizes = [word_count(shape, dtype.size) for (shape, dtype, alone) in groups if alone is None]
-    odd = tf.bitcast(tf.range(max(stacked_sizes, default=0), dtype=tf.int32) * 2 + 1, tf.uint32)  # sliced per shape
     sums, order = [], []
     for (shape, dtype, alone), members in groups.items():
         count = word_count(shape, dtype.size)
-        if alone is not None and count:
+        if alone is not None:
             sums.append(_tensorflow_checksum_by_rows(tf, arrays[alone], shape, dtype.size))
-            order += members
-            continue
-        stacked = tf.stack([arrays[i] for i in members]) if len(members) > 1 else tf.expand_dims(arrays[members[0]], 0)
-        words = tf.reshape(_tensorflow_words(tf, stacked), [len(members), count])  # each array's words in C order
-        sums.append(tf.reduce_sum(words * odd[:count], axis=1))  # uint32 products and sums wrap modulo 2**32
+        else:
+            stacked = tf.stack([arrays[i] for i in members]) if len(members) > 1 else arrays[members[0]]
+            words = tf.reshape(_tensorflow_words(tf, stacked), [len(members), count])  # each array's words in C order
+            odd = _as_int32(2 * np.arange(count, dtype=np.int64) + 1)[:, None]
+            sums.append(tf.reshape(tf.matmul(words, tf.constant(odd)), [len(members)]))
         order += members
-    position = [0] * len(arrays)
-    for slot, index in enumerate(order):
-        position[index] = slot
-    return tf.gather(tf.concat(sums, 0), position)
+    checksums = tf.concat(sums, 0) if len(sums) > 1 else sums[0]
+    if order != sorted(order):
+        position = [0] * len(arrays)
+        for slot, index in enumerate(order):
+            position[index] = slot
+        checksums = tf.gather(checksums, position)
+    return tf.bitcast(checksums, tf.uint32)
 
 
 def _tensorflow_checksum_by_rows(tf: Any, array: Any, shape: tuple[int, ...], itemsize: int) -> Any:
-    """One large array's checksum (a 1-vector), in one pass over its words that writes no array of their size.
+    """One large array's checksum (a 1-vector, ``int32``), in one pass over its words.
 
-    The words, as ``int32`` (the same bits: products and sums modulo 2**32 do not depend on the sign), are
-    laid out as ``R`` rows of ``k`` (``k``: the words of the trailing dimensions, at least ``ROW_WORDS``
-    where the shape allows), and one matrix product with the columns ``1`` and ``2c + 1`` gives each row's
-    sum ``S_r`` and weighted sum ``T_r``; a word at row ``r``, column ``c`` is word ``i = r k + c``, whose
-    weight is ``2i + 1 = 2 r k + (2c + 1)``, so the checksum is ``sum_r 2 r k S_r + T_r``. A product and a
-    sum (``words * odd``, then ``reduce_sum``) wrote a temporary the size of the array and read it again."""
+    The words are laid out as ``R`` rows of ``k`` (``k``: the words of the trailing dimensions, at least
+    ``ROW_WORDS`` where the shape allows), and one matrix product with the columns ``1`` and ``2c + 1`` gives
+    each row's sum ``S_r`` and weighted sum ``T_r``; a word at row ``r``, column ``c`` is word ``i = r k +
+    c``, whose weight is ``2i + 1 = 2 r k + (2c + 1)``, so the checksum is ``sum_r 2 r k S_r + T_r``. A
+    product and a sum (``words * odd``, then ``reduce_sum``) wrote a temporary the size of the array and
+    read it again: ResNet50's step with checksums took 22 ms more than its own, now 7."""
     count = word_count(shape, itemsize)
     row = 1
     for size in reversed(shape):
@@ -116,12 +119,11 @@ def _tensorflow_checksum_by_rows(tf: Any, array: Any, shape: tuple[int, ...], it
         row *= int(size)
     row = min(word_count((row,), itemsize), count)
     rows = count // row
-    words = tf.reshape(tf.bitcast(_tensorflow_words(tf, array), tf.int32), [rows, row])
+    words = tf.reshape(_tensorflow_words(tf, array), [rows, row])
     columns = np.stack([np.ones(row, np.int64), 2 * np.arange(row, dtype=np.int64) + 1], 1)
     row_weights = 2 * np.arange(rows, dtype=np.int64) * row
     sums = tf.matmul(words, tf.constant(_as_int32(columns)))  # (rows, 2): S_r, T_r, modulo 2**32
-    total = tf.reduce_sum(tf.constant(_as_int32(row_weights)) * sums[:, 0] + sums[:, 1])
-    return tf.bitcast(tf.reshape(total, [1]), tf.uint32)
+    return tf.reshape(tf.reduce_sum(tf.constant(_as_int32(row_weights)) * sums[:, 0] + sums[:, 1]), [1])
 
 
 def _as_int32(values: np.ndarray) -> np.ndarray:
@@ -130,17 +132,18 @@ def _as_int32(values: np.ndarray) -> np.ndarray:
 
 
 def _tensorflow_words(tf: Any, array: Any) -> Any:
+    """An array's words (module doc) in C order, as ``int32`` of the same bits."""
     flat = tf.reshape(array, [-1])
     size = flat.dtype.size
     if flat.dtype == tf.bool:
-        return tf.cast(flat, tf.uint32)
+        return tf.cast(flat, tf.int32)
     if size == 4:
-        return tf.bitcast(flat, tf.uint32)
+        return tf.bitcast(flat, tf.int32) if flat.dtype != tf.int32 else flat
     if size == 8:
-        return tf.reshape(tf.bitcast(flat, tf.uint32), [-1])  # (n, 2): the low word first on little-endian hosts
+        return tf.reshape(tf.bitcast(flat, tf.int32), [-1])  # (n, 2): the low word first on little-endian hosts
     if size == 2:
-        return tf.cast(tf.bitcast(flat, tf.uint16), tf.uint32)
-    return tf.cast(tf.bitcast(flat, tf.uint8), tf.uint32)
+        return tf.cast(tf.bitcast(flat, tf.uint16), tf.int32)
+    return tf.cast(tf.bitcast(flat, tf.uint8), tf.int32)
 
 
 def checksums_jax(arrays: list[Any]) -> Any:
