@@ -9,8 +9,8 @@
 - ``checksum_seconds``: per model, keyed weakly (it goes with the model), what one step's checksums
   cost in its last fit, so that a later fit chooses its cadence sooner.
 - ``kernel_speeds``: per backend, the measured speed of its checksum kernel, once per process.
-- ``row_kernels``: the traced functions that compute a step's row (BatchNorm values and checksums) from
-  the variables' values, per backend and variable signature (shapes and dtypes), the last
+- ``row_kernels``: the traced functions that compute a step's row with its checksums (and BatchNorm values)
+  from the variables' values, per backend and variable signature (shapes and dtypes), the last
   ``ROW_KERNELS_KEPT`` used. A loop that fits a fresh model of one architecture again and again traces it
   once: TensorFlow keeps every graph a fit traces for the life of the process, so a kernel traced anew
   each fit would grow the process by its graph every fit.
