@@ -56,6 +56,32 @@ def test_standalone_callback_starts_and_ends_its_own_run(sqlite_uri, client):
     assert {v["path"] for v in initial["variables"]} == {v.path for v in model.variables}
 
 
+def test_drift_is_the_distance_of_the_trained_weights_from_the_initial_ones(sqlite_uri, client):
+    model = _bn_model()
+    model.compile("sgd", "mse")
+    initial = {v.path: np.array(v.numpy(), np.float64) for v in model.trainable_variables}
+    x, y = _data()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[LayerprintCallback(tracking_uri=sqlite_uri, strict=True)])
+    (run,) = client.search_runs(["0"])
+    squares = {path: float(np.sum((np.array(v.numpy(), np.float64) - initial[path]) ** 2))
+               for path, v in ((v.path, v) for v in model.trainable_variables)}
+    metrics = run.data.metrics  # the last epoch's
+    d0 = sum(square for path, square in squares.items() if path.startswith("d0/"))
+    assert d0 > 0 and metrics["drift/d0"] == pytest.approx(np.sqrt(d0), rel=1e-6)
+    assert metrics[keys.DRIFT_MODEL] == pytest.approx(np.sqrt(sum(squares.values())), rel=1e-6)
+
+
+def test_squared_distance_of_every_float_width_and_of_integers():
+    from layerprint.fit.state import DRIFT_CHUNK, squared_distance
+
+    rng = np.random.default_rng(0)
+    for dtype in ("float16", "float32", "float64", "int32"):
+        start = (rng.normal(size=DRIFT_CHUNK * 2 + 5) * 100).astype(dtype)
+        current = start + (rng.normal(size=start.size) * 10).astype(dtype)
+        exact = float(np.sum((current.astype(np.float64) - start.astype(np.float64)) ** 2))
+        assert squared_distance(current, start) == pytest.approx(exact, rel=1e-6), dtype
+
+
 class _BeforeTheFirstStep(keras.callbacks.Callback):
     """At the first batch's begin (the trace not yet run): what layerprint's start has done after a pause,
     and, with ``ask``, the initial fingerprint asked for there."""

@@ -107,20 +107,23 @@ class FitState:
         return out
 
 
-DRIFT_CHUNK = 1 << 18  # values a step of ``squared_distance`` takes: its 2 MB float64 buffer stays in the cache, and
-# each step takes the GIL back once (a busy Python thread beside it makes each take wait)
+DRIFT_CHUNK = 1 << 18  # values a step of ``squared_distance`` takes: its 1-2 MB buffer stays in the cache, and each
+# step takes the GIL back once (a busy Python thread beside it makes each take wait)
 
 
 def squared_distance(current: np.ndarray, start: np.ndarray) -> float:
-    """``sum((current - start) ** 2)`` in float64, a chunk at a time: whole-array float64 temporaries cost
-    three times the arrays' memory, fresh pages each (for ResNet50, 250 ms instead of 60)."""
+    """``sum((current - start) ** 2)``, a chunk at a time, each chunk in the arrays' own precision when they are
+    float32 or float64 (else in float64) and summed pairwise, the chunks' sums added in float64. Whole-array
+    temporaries cost three times the arrays' memory, fresh pages each (for ResNet50, 250 ms); float64 chunks
+    of float32 arrays cost the casts (ResNet50: 50 ms against 20 ms, the sums 3e-9 apart)."""
     current, start = np.ravel(current), np.ravel(start)
-    buffer = np.empty(min(DRIFT_CHUNK, current.size), np.float64)
+    dtype = np.result_type(current.dtype, start.dtype, np.float32)
+    buffer = np.empty(min(DRIFT_CHUNK, current.size), dtype if dtype in (np.float32, np.float64) else np.float64)
     total = 0.0
     for begin in range(0, current.size, DRIFT_CHUNK):
         end = min(begin + DRIFT_CHUNK, current.size)
         delta = buffer[: end - begin]
-        np.subtract(current[begin:end], start[begin:end], out=delta, dtype=np.float64, casting="unsafe")
+        np.subtract(current[begin:end], start[begin:end], out=delta, dtype=buffer.dtype, casting="unsafe")
         np.multiply(delta, delta, out=delta)
         total += float(delta.sum())  # not ``np.dot``: BLAS's threads, waiting beside training, cost seconds
     return total
