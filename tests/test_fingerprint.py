@@ -27,6 +27,24 @@ def test_tolerant_hash_changes_for_a_real_change():
     assert tolerant_hash(a) != tolerant_hash(b)
 
 
+def test_tolerant_hash_of_an_array_of_many_chunks_is_the_documented_one():
+    """The documented tolerant hash, computed over the whole array at once: float32, -0.0 as 0.0, rounded
+    half up to bfloat16's bit pattern, every NaN as one, after the header ``bf16|<shape>|``."""
+    import hashlib
+
+    from layerprint.inspection.fingerprint import TOLERANT_CHUNK
+
+    rng = np.random.default_rng(1)
+    for dtype in ("float32", "float64", "float16"):
+        a = rng.normal(size=(3, TOLERANT_CHUNK + 7)).astype(dtype)
+        a[0, 5], a[2, -1], a[1, TOLERANT_CHUNK] = -0.0, np.copysign(np.nan, -1.0), np.inf  # a NaN of sign 1
+        bits = (a.astype(np.float32).ravel() + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+        bf16 = ((bits + (1 << 15)) >> 16).astype("<u2")
+        bf16[np.isnan(a.ravel())] = 0x7FC0
+        expected = hashlib.sha256(f"bf16|3,{TOLERANT_CHUNK + 7}|".encode() + bf16.tobytes()).hexdigest()
+        assert tolerant_hash(a) == expected, dtype
+
+
 def test_canonical_bytes_include_dtype_and_shape():
     a = np.zeros((4, 4), np.float32)
     assert exact_hash(a) != exact_hash(a.reshape(2, 8))
